@@ -1,0 +1,1 @@
+int vk_testcommon_placeholder;
