@@ -83,12 +83,18 @@ enum vmwkvm_invalid_reason {
 	VMWKVM_INVALID_BOUNDS = 5,     /**< the exit's data area lies outside the kvm_run mapping */
 	VMWKVM_INVALID_HB_SEQUENCE = 6,/**< an HB piece that does not continue the transfer in progress */
 	VMWKVM_INVALID_HB_LENGTH = 7,  /**< HB transfer longer than the configured bound, or empty */
-	VMWKVM_INVALID_HYPERCALL = 8,  /**< hypercall exit with an unknown type */
+	VMWKVM_INVALID_HYPERCALL = 8,  /**< hypercall exit with an unknown type or CPL */
+	VMWKVM_INVALID_HB_ABANDONED = 9,/**< a piece of an HB transfer that the VMM refused earlier
+	                                     (vmwkvm_exit_complete_invalid() on one of its pieces) */
 };
 
 /** Flags in vmwkvm_call::hb_flags. */
 #define VMWKVM_HB_FIRST (1u << 0) /**< first piece of the transfer */
 #define VMWKVM_HB_LAST (1u << 1)  /**< last piece: the guest's instruction finishes after it */
+
+/** Flags in vmwkvm_call::hypercall_flags (EDX bits 15:0 of a hypercall, protocol 1.1). */
+#define VMWKVM_HCALL_FLAG_HB (1u << 0)    /**< high-bandwidth: RCX bytes at RSI (send) / RDI (receive) */
+#define VMWKVM_HCALL_FLAG_WRITE (1u << 1) /**< with HB: guest to host (send); without it host to guest */
 
 /** General-purpose registers as KVM_GET_REGS returns them (same layout as struct kvm_regs). */
 struct vmwkvm_regs {
@@ -106,12 +112,18 @@ struct vmwkvm_cpu_state {
 	uint8_t pad[5];          /**< zero */
 };
 
-/** Per-vCPU high-bandwidth transfer tracking (owned by the caller of the pure decoder). */
+/**
+ * Per-vCPU high-bandwidth transfer tracking (owned by the caller of the pure decoder).
+ * Zero-fill it once; the decoder keeps it. A transfer is identified by its direction,
+ * the RIP of its REP instruction and the bytes still to come.
+ */
 struct vmwkvm_hb_state {
 	uint64_t total;      /**< bytes in the transfer in progress, 0 when idle */
 	uint64_t done;       /**< bytes already seen */
 	uint8_t direction;   /**< enum vmwkvm_direction of the transfer in progress */
-	uint8_t pad[7];      /**< zero */
+	uint8_t rejected;    /**< enum vmwkvm_invalid_reason: the transfer in progress is being
+	                          discarded (its remaining pieces decode as invalid), 0 = accepted */
+	uint8_t pad[6];      /**< zero */
 	uint64_t rip;        /**< RIP of the REP instruction */
 	uint64_t reserved[2];/**< zero */
 };
@@ -133,8 +145,10 @@ struct vmwkvm_call {
 	uint32_t transport;      /**< enum vmwkvm_transport */
 	uint32_t direction;      /**< enum vmwkvm_direction */
 	uint32_t invalid;        /**< enum vmwkvm_invalid_reason (non-zero only for ::VMWKVM_EXIT_INVALID) */
-	uint16_t command;        /**< ECX bits 15:0 (LB, hypercall); for HB, EBX bits 15:0 (the HB command) */
-	uint16_t subcommand;     /**< ECX bits 31:16 (MESSAGE type and the like) */
+	uint16_t command;        /**< ECX bits 15:0 (LB, hypercall); for HB (port or hypercall flag),
+	                              EBX bits 15:0 (the HB command, 0 = MESSAGE) */
+	uint16_t subcommand;     /**< ECX bits 31:16 (MESSAGE type and the like); for HB, EBX bits 31:16
+	                              (the status the guest passes, normally SUCCESS = 1) */
 	uint8_t magic_ok;        /**< EAX (low 32 bits) equals ::VMWKVM_BDOOR_MAGIC */
 	uint8_t cpl;             /**< guest CPL at the call */
 	uint8_t mode;            /**< enum vmwkvm_cpu_mode */
@@ -145,11 +159,15 @@ struct vmwkvm_call {
 	uint32_t exit_reason;    /**< raw kvm_run exit_reason */
 	uint32_t hb_count;       /**< bytes in this HB piece */
 	uint64_t hb_offset;      /**< offset of this piece within the HB transfer */
-	uint64_t hb_total;       /**< bytes in the whole HB transfer */
+	uint64_t hb_total;       /**< bytes in the whole HB transfer (for an HB hypercall: RCX, the
+	                              length of the guest buffer; hb_count/hb_data are then 0/NULL) */
 	uint8_t *hb_data;        /**< this piece's bytes inside kvm_run: the guest's (OUT) or where the host's go (IN) */
-	uint64_t rax, rbx, rcx, rdx, rsi, rdi, rbp; /**< guest GPRs at the call (full 64 bits) */
+	uint64_t rax, rbx, rcx, rdx, rsi, rdi, rbp; /**< guest GPRs at the call (full 64 bits;
+	                              for hypercalls as the exit reports them, 32-bit outside long mode) */
 	uint64_t rip;            /**< guest RIP at the exit */
-	uint64_t reserved[6];    /**< zero */
+	uint32_t hypercall_flags;/**< hypercall only: EDX bits 15:0 (::VMWKVM_HCALL_FLAG_HB, ::VMWKVM_HCALL_FLAG_WRITE) */
+	uint32_t pad2;           /**< zero */
+	uint64_t reserved[5];    /**< zero */
 };
 
 /** Register bits for vmwkvm_reply::set. */
@@ -178,6 +196,33 @@ struct vmwkvm_reply {
 
 /**
  * Decode an exit without a vCPU handle (pure function).
+ *
+ * - KVM_EXIT_IO on port 0x5658 (LB): a call when it is a single 4-byte access (IN or OUT;
+ *   both are calls, an OUT is answered in EAX like an IN) with EAX = magic. Otherwise
+ *   invalid: ::VMWKVM_INVALID_BOUNDS (data area outside kvm_run), ::VMWKVM_INVALID_STRING
+ *   (count != 1), ::VMWKVM_INVALID_SIZE, ::VMWKVM_INVALID_MAGIC. A string access with
+ *   count 1 cannot be told from IN/OUT in kvm_run and decodes as IN/OUT.
+ * - KVM_EXIT_IO on port 0x5659 (HB): one piece of a REP INSB/OUTSB, byte-sized. The bytes
+ *   still to come after the piece are RCX (OUT: KVM has already counted the piece) or
+ *   RCX - count (IN: it has not), RCX taken at cpu->addr_bits. The first piece gives
+ *   the total (checked against env->hb_max: ::VMWKVM_INVALID_HB_LENGTH); the last one is
+ *   the piece after which nothing remains. A piece that does not continue the transfer
+ *   in progress (other direction, other RIP, other remaining count; on the last OUT
+ *   byte RIP may already be past the instruction) is ::VMWKVM_INVALID_HB_SEQUENCE and
+ *   starts a new, discarded transfer. All pieces of a discarded transfer (too long, bad
+ *   magic, out of sequence, abandoned by vmwkvm_exit_complete_invalid()) decode as
+ *   invalid with that reason until its last piece. An IN piece with RCX < count is no
+ *   REP INSB: ::VMWKVM_INVALID_STRING. LB exits never touch @p hb.
+ * - env->hypercall_exit (non-zero) with payload type 1: a hypercall. GPRs and CPL come
+ *   from the payload; EDX bits 15:0 are the flags (vmwkvm_call::hypercall_flags). WRITE
+ *   without HB is ::VMWKVM_INVALID_DIRECTION, an HB length of 0 or above hb_max is
+ *   ::VMWKVM_INVALID_HB_LENGTH, another type ::VMWKVM_INVALID_HYPERCALL. Exit 40 without
+ *   a hypercall exit in env is KVM_EXIT_TDX on mainline: ::VMWKVM_EXIT_NOT_BACKDOOR.
+ * - Origin: L2/L1 from KVM_RUN_X86_GUEST_MODE in run->flags when env->guest_mode_valid,
+ *   else unknown.
+ *
+ * Reads only the fixed part of kvm_run and the I/O data area, which must lie inside
+ * env->run_size bytes after the fixed part.
  * @param run   the exit (read only)
  * @param cpu   registers, CPL and mode at the exit
  * @param env   per-VM decoding environment (env->run_size bounds every read)
@@ -193,10 +238,13 @@ VMWKVM_API int vmwkvm_exit_decode_raw(const struct kvm_run *run, const struct vm
 				      struct vmwkvm_call *call);
 
 /**
- * Decode the vCPU's last exit.
+ * Decode the vCPU's last exit (vmwkvm_exit_decode_raw() on the vCPU's kvm_run, the VM's
+ * environment and the vCPU's HB state).
  *
- * Reads the registers through sync regs (no ioctl) or KVM_GET_REGS/KVM_GET_SREGS.
- * A non-backdoor exit is returned as ::VMWKVM_EXIT_NOT_BACKDOOR and left untouched.
+ * Reads the registers through sync regs (no ioctl) or KVM_GET_REGS/KVM_GET_SREGS, and
+ * only for exits that can be backdoor accesses (the backdoor ports, the hypercall exit).
+ * A non-backdoor exit is returned as ::VMWKVM_EXIT_NOT_BACKDOOR and left untouched; its
+ * record then carries only exit_reason and origin (registers read as 0).
  * @param vcpu the vCPU, just back from KVM_RUN
  * @param call receives the call
  * @return enum vmwkvm_decode_result, or -EINVAL (NULL argument), or the negative errno
@@ -209,16 +257,29 @@ VMWKVM_API int vmwkvm_exit_decode(vmwkvm_vcpu *vcpu, struct vmwkvm_call *call);
 /**
  * Complete a call with the given answer before the VMM re-enters KVM_RUN.
  *
- * Writes the registers in reply->set as zero-extended 32-bit values (EFLAGS untouched),
- * puts EAX into the I/O data for an LB IN (and into the registers whenever any register is
- * written, so KVM cannot lose it), copies HB IN data into the exit's data area, and for
- * hypercall exits fills the exit's result and exception fields.
+ * Writes the registers in reply->set as zero-extended 32-bit values (EFLAGS and RIP
+ * untouched; registers not in the set keep all 64 bits). Per transport:
+ * - LB IN: the I/O data always receives EAX (reply->eax, or the guest's own EAX when
+ *   EAX is not in the set); when other registers are written, RAX is written too, so
+ *   KVM cannot lose it. With only EAX, no register write happens at all.
+ * - LB OUT: registers only (EAX is the result).
+ * - HB piece: for IN, reply->hb_data (hb_count bytes; NULL: zeroes) goes to the exit's
+ *   data area; registers are written only when reply->set asks, on any piece (the
+ *   service normally writes EBX, the status in bits 31:16, at the ::VMWKVM_HB_LAST piece).
+ * - Hypercall: `result` (written by KVM to RAX) = reply->eax, or the guest's RAX when EAX
+ *   is not in the set; other registers through sync regs/KVM_SET_REGS;
+ *   ::VMWKVM_REPLY_INJECT fills the exit's exception fields (vector, error_code, address
+ *   for #PF) and KVM then delivers the fault at the VMCALL instead of skipping it.
+ * With sync regs no ioctl is made; in ioctl mode at most one KVM_SET_REGS.
  * @param vcpu  the vCPU
  * @param call  the call returned by vmwkvm_exit_decode() for the current exit
  * @param reply the answer; NULL means "unsupported": EAX = 0xFFFFFFFF, nothing else changes
- * @return 0; -EINVAL (NULL vcpu/call, a call of another transport than the exit, an
- *         exception requested for a non-hypercall exit, a bad vector), or the negative
- *         errno of KVM_SET_REGS in ioctl mode.
+ *              (for an HB piece: the transfer is refused as by vmwkvm_exit_complete_invalid())
+ * @return 0; -EINVAL (NULL vcpu/call, an invalid call, a call that does not match the
+ *         current exit (exit reason, port, direction, size, piece length), unknown bits in
+ *         reply->set, an exception requested for a non-hypercall exit, a vector above 31,
+ *         NMI (2) or a reserved vector (15, 22-27, 31), an I/O data area outside kvm_run), or
+ *         the negative errno of KVM_GET_REGS/KVM_SET_REGS in ioctl mode.
  * @par Thread-safety
  * Call only from the thread that owns @p vcpu. No lock, no allocation.
  */
@@ -229,9 +290,16 @@ VMWKVM_API int vmwkvm_exit_complete(vmwkvm_vcpu *vcpu, const struct vmwkvm_call 
  * Complete an access that vmwkvm_exit_decode() found invalid the way the protocol says:
  * an IN returns all ones in the accessed width and no register changes; an OUT is
  * dropped; an HB transfer in progress is abandoned.
+ *
+ * Also usable on a valid call to refuse it that way. HB: IN pieces receive 0xFF bytes;
+ * if the piece is not the last, the rest of the transfer is discarded (its pieces decode
+ * as invalid, ::VMWKVM_INVALID_HB_ABANDONED); at the last piece of a transfer that had
+ * the magic, EBX bits 31:16 (the status) are cleared, so the guest sees no SUCCESS.
+ * Hypercall: result = 0xFFFFFFFF, no exception; an unknown payload type is left alone.
  * @param vcpu the vCPU
- * @param call the ::VMWKVM_EXIT_INVALID call
- * @return 0, or -EINVAL.
+ * @param call the ::VMWKVM_EXIT_INVALID call (or a call to refuse)
+ * @return 0; -EINVAL (NULL argument, a call that does not match the current exit), or the
+ *         negative errno of KVM_GET_REGS/KVM_SET_REGS in ioctl mode (HB status write).
  * @par Thread-safety
  * Call only from the thread that owns @p vcpu.
  */
