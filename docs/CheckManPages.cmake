@@ -1,0 +1,32 @@
+# Format every manual page under MANDIR with groff and fail on any warning or error.
+# Usage: cmake -DGROFF=/usr/bin/groff -DMANDIR=docs/man -P CheckManPages.cmake
+file(GLOB pages ${MANDIR}/man*/*.[1-8])
+set(bad "")
+set(n 0)
+foreach(page IN LISTS pages)
+  math(EXPR n "${n} + 1")
+  file(STRINGS ${page} first LIMIT_COUNT 1)
+  # groff: -ww all warnings, -z no output, -s soelim (resolves ".so man3/x.3" from MANDIR), -t tbl
+  execute_process(COMMAND ${GROFF} -man -ww -z -Tutf8 -s -t ${page}
+    WORKING_DIRECTORY ${MANDIR}
+    RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+  if(NOT rc EQUAL 0 OR NOT err STREQUAL "")
+    list(APPEND bad "${page}: ${err}")
+    continue()
+  endif()
+  if(first MATCHES "^\\.so ")
+    continue()
+  endif()
+  file(READ ${page} text)
+  if(NOT text MATCHES "\n\\.SH NAME\n[^\n]+ \\\\- [^\n]+")
+    list(APPEND bad "${page}: no NAME section of the form 'name \\- description'")
+  endif()
+endforeach()
+if(n EQUAL 0)
+  message(FATAL_ERROR "no manual pages found under ${MANDIR}")
+endif()
+if(bad)
+  string(REPLACE ";" "\n" bad "${bad}")
+  message(FATAL_ERROR "manual pages with problems:\n${bad}")
+endif()
+message(STATUS "${n} manual pages format without warnings")
