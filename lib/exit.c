@@ -547,8 +547,11 @@ static int complete_hb(struct vmwkvm_vcpu *vcpu, const struct vmwkvm_call *call,
 		uint8_t *d = io_data(vcpu, &len);
 		if (!d)
 			return -EINVAL;
-		if (reply->hb_data)
-			memcpy(d, reply->hb_data, (size_t)len);
+		if (reply->hb_data) {
+			/* the service may have written the bytes in place (hb_data == d) */
+			if (reply->hb_data != (const void *)d)
+				memmove(d, reply->hb_data, (size_t)len);
+		}
 		else
 			memset(d, 0, (size_t)len);
 	}
