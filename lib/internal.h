@@ -80,4 +80,8 @@ int vk_vcpu_write_regs(struct vmwkvm_vcpu *vcpu, const struct vmwkvm_regs *regs)
 /* CPL/mode from segment registers (pure) */
 void vk_cpu_mode_from_sregs(const struct kvm_sregs *s, uint64_t rflags, struct vmwkvm_cpu_state *cpu);
 
+/* ---- GuestRPC accounting (rpc.c; the fuzzer checks allocated <= bound) ---- */
+size_t vk_rpc_allocated(const vmwkvm_rpc *rpc); /* bytes held by channels, messages, queues */
+size_t vk_rpc_bound(const vmwkvm_rpc *rpc);     /* the most the configured bounds allow */
+
 #endif
