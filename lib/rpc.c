@@ -1024,15 +1024,15 @@ int vmwkvm_rpc_handle(vmwkvm_rpc *rpc, const struct vmwkvm_call *call, struct vm
 		pthread_mutex_lock(&rpc->lock);
 		rpc_hb(rpc, call, &g, reply, &w);
 		pthread_mutex_unlock(&rpc->lock);
+	} else if (call->transport == VMWKVM_TRANSPORT_HYPERCALL && (g.edx & RPC_HCALL_FLAG_HB)) {
+		/* HB by hypercall (command in EBX low16) would need guest-virtual memory access:
+		 * not implemented, so refused with status 0 */
+		vk_debug("rpc: HB request by hypercall refused");
+		reply->set = VMWKVM_REPLY_EBX;
+		reply->ebx = g.ebx & 0xFFFFu;
+		return 0;
 	} else if ((call->transport == VMWKVM_TRANSPORT_LB || call->transport == VMWKVM_TRANSPORT_HYPERCALL) &&
 		   call->command == RPC_MESSAGE_CMD) {
-		if (call->transport == VMWKVM_TRANSPORT_HYPERCALL && (g.edx & RPC_HCALL_FLAG_HB)) {
-			/* HB by hypercall would need guest-virtual memory access: not implemented */
-			vk_debug("rpc: HB request by hypercall refused");
-			reply->set = VMWKVM_REPLY_EBX;
-			reply->ebx = g.ebx & 0xFFFFu;
-			return 0;
-		}
 		pthread_mutex_lock(&rpc->lock);
 		uint16_t st = rpc_lb(rpc, call, &g, reply, &w);
 		pthread_mutex_unlock(&rpc->lock);
