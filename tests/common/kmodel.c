@@ -59,6 +59,7 @@ struct mfile {
 
 struct mfault {
 	bool used;
+	int fd; /* -1 = any */
 	unsigned long req;
 	long cap;
 	unsigned nth; /* 0 = every */
@@ -132,11 +133,13 @@ static void log_call(struct kmodel *m, unsigned long req, int fd, long cap, uint
 }
 
 /* Returns the injected -errno, or 0 if no fault applies to this call. */
-static int fault_check(struct kmodel *m, unsigned long req, long cap)
+static int fault_check(struct kmodel *m, int fd, unsigned long req, long cap)
 {
 	for (int i = 0; i < MAX_FAULTS; i++) {
 		struct mfault *f = &m->faults[i];
 		if (!f->used || f->req != req)
+			continue;
+		if (f->fd >= 0 && f->fd != fd)
 			continue;
 		if (f->cap >= 0 && f->cap != cap)
 			continue;
@@ -647,7 +650,7 @@ static int op_ioctl(void *ctx, int fd, unsigned long req, void *arg)
 	} else if (req == KVM_CREATE_VCPU || req == KVM_CREATE_VM) {
 		arg0 = (unsigned long)arg;
 	}
-	int r = fault_check(m, req, cap);
+	int r = fault_check(m, fd, req, cap);
 	bool injected = r != 0;
 	if (!injected) {
 		struct mfd *d = fd_get(m, fd);
@@ -682,7 +685,7 @@ static int op_open(void *ctx, const char *path, int flags)
 	(void)flags;
 	struct kmodel *m = ctx;
 	pthread_mutex_lock(&m->lock);
-	int r = fault_check(m, KMODEL_OP_OPEN, -1);
+	int r = fault_check(m, -1, KMODEL_OP_OPEN, -1);
 	bool injected = r != 0;
 	if (!injected) {
 		if (!path)
@@ -703,7 +706,7 @@ static int op_close(void *ctx, int fd)
 {
 	struct kmodel *m = ctx;
 	pthread_mutex_lock(&m->lock);
-	int r = fault_check(m, KMODEL_OP_CLOSE, -1);
+	int r = fault_check(m, fd, KMODEL_OP_CLOSE, -1);
 	bool injected = r != 0;
 	if (!injected) {
 		struct mfd *d = fd_get(m, fd);
@@ -727,7 +730,7 @@ static int op_mmap(void *ctx, void **out, size_t len, int prot, int flags, int f
 	if (fd < 0) /* anonymous memory: the real kernel */
 		return vmwkvm_sys_default_ops()->mmap(NULL, out, len, prot, flags, fd, off);
 	pthread_mutex_lock(&m->lock);
-	int r = fault_check(m, KMODEL_OP_MMAP, -1);
+	int r = fault_check(m, fd, KMODEL_OP_MMAP, -1);
 	bool injected = r != 0;
 	if (!injected) {
 		struct mfd *d = fd_get(m, fd);
@@ -759,7 +762,7 @@ static int op_munmap(void *ctx, void *addr, size_t len)
 		pthread_mutex_unlock(&m->lock);
 		return vmwkvm_sys_default_ops()->munmap(NULL, addr, len);
 	}
-	int r = fault_check(m, KMODEL_OP_MUNMAP, -1);
+	int r = fault_check(m, -1, KMODEL_OP_MUNMAP, -1);
 	bool injected = r != 0;
 	log_call(m, KMODEL_OP_MUNMAP, -1, -1, len, r, injected, NULL);
 	pthread_mutex_unlock(&m->lock);
@@ -777,7 +780,7 @@ static int op_userfaultfd(void *ctx, int flags)
 	(void)flags;
 	struct kmodel *m = ctx;
 	pthread_mutex_lock(&m->lock);
-	int r = fault_check(m, KMODEL_OP_USERFAULTFD, -1);
+	int r = fault_check(m, -1, KMODEL_OP_USERFAULTFD, -1);
 	bool injected = r != 0;
 	if (!injected)
 		r = m->cfg.uffd_result < 0 ? m->cfg.uffd_result : fd_alloc(m, KMODEL_FD_UFFD, 0);
@@ -792,7 +795,7 @@ static ssize_t op_read(void *ctx, int fd, void *buf, size_t len)
 	(void)len;
 	struct kmodel *m = ctx;
 	pthread_mutex_lock(&m->lock);
-	int r = fault_check(m, KMODEL_OP_READ, -1);
+	int r = fault_check(m, fd, KMODEL_OP_READ, -1);
 	bool injected = r != 0;
 	if (!injected) {
 		struct mfd *d = fd_get(m, fd);
@@ -807,7 +810,7 @@ static int op_read_file(void *ctx, const char *path, char *buf, size_t len)
 {
 	struct kmodel *m = ctx;
 	pthread_mutex_lock(&m->lock);
-	int r = fault_check(m, KMODEL_OP_READ_FILE, -1);
+	int r = fault_check(m, -1, KMODEL_OP_READ_FILE, -1);
 	bool injected = r != 0;
 	if (!injected) {
 		const char *content = NULL;
@@ -959,11 +962,16 @@ void kmodel_set_run_hook(struct kmodel *m, kmodel_run_hook_fn fn, void *ctx)
 
 int kmodel_inject_fault(struct kmodel *m, unsigned long req, long cap, unsigned nth, int err)
 {
+	return kmodel_inject_fault_fd(m, -1, req, cap, nth, err);
+}
+
+int kmodel_inject_fault_fd(struct kmodel *m, int fd, unsigned long req, long cap, unsigned nth, int err)
+{
 	int r = -ENOSPC;
 	pthread_mutex_lock(&m->lock);
 	for (int i = 0; i < MAX_FAULTS; i++) {
 		if (!m->faults[i].used) {
-			m->faults[i] = (struct mfault){ .used = true, .req = req, .cap = cap, .nth = nth,
+			m->faults[i] = (struct mfault){ .used = true, .fd = fd, .req = req, .cap = cap, .nth = nth,
 							.seen = 0, .err = err < 0 ? -err : err };
 			r = 0;
 			break;
@@ -1088,12 +1096,20 @@ static const char *errno_name(int e)
 size_t kmodel_log_format(struct kmodel *m, size_t from, const unsigned long *reqs, size_t nreqs, char *buf,
 			 size_t len)
 {
+	return kmodel_log_format_fd(m, from, -1, reqs, nreqs, buf, len);
+}
+
+size_t kmodel_log_format_fd(struct kmodel *m, size_t from, int fd, const unsigned long *reqs, size_t nreqs,
+			    char *buf, size_t len)
+{
 	size_t total = 0;
 	if (buf && len)
 		buf[0] = '\0';
 	pthread_mutex_lock(&m->lock);
 	for (size_t i = from; i < m->nlog; i++) {
 		const struct kmodel_call *c = &m->log[i];
+		if (fd >= 0 && c->fd != fd)
+			continue;
 		if (reqs) {
 			size_t k;
 			for (k = 0; k < nreqs && reqs[k] != c->req; k++)

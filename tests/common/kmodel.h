@@ -227,6 +227,8 @@ void kmodel_set_run_hook(struct kmodel *m, kmodel_run_hook_fn fn, void *ctx);
  * Counting starts at injection. Returns 0, or -ENOSPC when 16 injections are pending.
  */
 int kmodel_inject_fault(struct kmodel *m, unsigned long req, long cap, unsigned nth, int err);
+/** Like kmodel_inject_fault(), counting only calls made on @p fd (-1: any fd). */
+int kmodel_inject_fault_fd(struct kmodel *m, int fd, unsigned long req, long cap, unsigned nth, int err);
 /** Remove all pending fault injections. */
 void kmodel_clear_faults(struct kmodel *m);
 
@@ -246,6 +248,9 @@ size_t kmodel_log_count_req(struct kmodel *m, size_t from, unsigned long req, lo
  */
 size_t kmodel_log_format(struct kmodel *m, size_t from, const unsigned long *reqs, size_t nreqs, char *buf,
 			 size_t len);
+/** Like kmodel_log_format(), keeping only calls made on @p fd (-1: any fd). */
+size_t kmodel_log_format_fd(struct kmodel *m, size_t from, int fd, const unsigned long *reqs, size_t nreqs,
+			    char *buf, size_t len);
 /** Name of a request ("KVM_ENABLE_CAP", "open" ...) without the KVM_ prefix in the log. */
 const char *kmodel_req_name(unsigned long req);
 
