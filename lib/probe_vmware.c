@@ -11,6 +11,7 @@
 struct dialect_eval {
 	uint32_t state;   /* PRESENT: usable (confirmed); ABSENT: refused (reason); UNKNOWN */
 	uint32_t allow;   /* VMWKVM_PROBE_ALLOW_* the dialect would let a VMM turn on */
+	bool confirmed;   /* the dialect itself is usable here (verified) */
 	uint32_t hypercall_exit;
 	int err;
 	char reason[VK_DIALECT_REASON_MAX];
@@ -48,6 +49,7 @@ static void eval_none(const struct vk_probe_ctx *c, struct dialect_eval *d, int 
 		return;
 	}
 	d->state = VMWKVM_PROBE_PRESENT;
+	d->confirmed = true;
 	d->allow = param == 1 ? VMWKVM_PROBE_ALLOW_BACKDOOR : 0;
 	snprintf(d->reason, sizeof(d->reason),
 		 "mainline: no per-VM switch; kvm.enable_vmware_backdoor=%c (read-only) gives every VM %s; "
@@ -119,8 +121,21 @@ static void eval_proposed(const struct vk_probe_ctx *c, int dialect, struct dial
 			any_unverified = true;
 	}
 	if (r.confirmed) {
-		d->state = VMWKVM_PROBE_PRESENT;
-		snprintf(d->reason, sizeof(d->reason), "%s", r.reason);
+		/* usable; what it allows is fully known only when no feature is unverified */
+		d->confirmed = true;
+		d->state = any_unverified ? VMWKVM_PROBE_UNKNOWN : VMWKVM_PROBE_PRESENT;
+		/* name a feature the dialect does not give here: an unverified one first */
+		const struct vk_feat *odd = NULL;
+		for (int i = 0; i < 3 && !odd; i++)
+			if (f[i]->state == VK_FEAT_UNVERIFIED)
+				odd = f[i];
+		for (int i = 0; i < 3 && !odd; i++)
+			if (f[i]->state != VK_FEAT_PRESENT)
+				odd = f[i];
+		if (odd)
+			snprintf(d->reason, sizeof(d->reason), "%.120s; but %.190s", r.reason, odd->reason);
+		else
+			snprintf(d->reason, sizeof(d->reason), "%s", r.reason);
 	} else {
 		d->state = any_unverified ? VMWKVM_PROBE_UNKNOWN : VMWKVM_PROBE_ABSENT;
 		/* the backdoor feature carries the dialect's deciding reason */
@@ -189,14 +204,14 @@ void vk_probe_vmware(struct vmwkvm_probe *p, struct vk_probe_ctx *c)
 		active = c->handle->dialect;
 	else if (c->requested != VMWKVM_DIALECT_AUTO)
 		active = c->requested;
-	else if (ev[2].state == VMWKVM_PROBE_PRESENT)
+	else if (ev[2].confirmed)
 		active = VMWKVM_DIALECT_SINGLE_CAP;
-	else if (ev[1].state == VMWKVM_PROBE_PRESENT)
+	else if (ev[1].confirmed)
 		active = VMWKVM_DIALECT_RUSIN_V2;
 	else
 		active = VMWKVM_DIALECT_NONE;
 	const struct dialect_eval *a = &ev[active == VMWKVM_DIALECT_SINGLE_CAP ? 2 : active == VMWKVM_DIALECT_RUSIN_V2 ? 1 : 0];
-	astate = a->state;
+	astate = a->confirmed ? VMWKVM_PROBE_PRESENT : a->state == VMWKVM_PROBE_PRESENT ? VMWKVM_PROBE_UNKNOWN : a->state;
 	snprintf(awhy, sizeof(awhy), "%.300s", a->reason);
 	if (active == VMWKVM_DIALECT_NONE && c->requested == VMWKVM_DIALECT_AUTO && !c->handle &&
 	    (ev[1].state == VMWKVM_PROBE_UNKNOWN || ev[2].state == VMWKVM_PROBE_UNKNOWN)) {
