@@ -866,7 +866,8 @@ static bool hb_send_piece(struct vmwkvm_rpc *rpc, struct rpc_chan *c, uint16_t i
 		hb_fail(c, ST_FAIL);
 		return false;
 	}
-	memcpy(c->in + c->in_got, call->hb_data, call->hb_count);
+	if (call->hb_count)
+		memcpy(c->in + c->in_got, call->hb_data, call->hb_count);
 	c->in_got += call->hb_count;
 	if (last) {
 		c->hb_state = HB_NONE;

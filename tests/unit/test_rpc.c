@@ -918,6 +918,25 @@ START_TEST(hb_length_must_match)
 }
 END_TEST
 
+START_TEST(hb_empty_piece_without_data)
+{
+	/* found by fuzz_rpc: a zero-byte piece with hb_data NULL must not reach memcpy */
+	static uint8_t msg[26];
+	memcpy(msg, INFO_SET, 26);
+	struct gch g = gopen(RPCI, true);
+	ck_assert_uint_eq(lb(VMWKVM_RPC_SENDSIZE, 26, &g), 0x00810000u);
+	struct vmwkvm_call c = hbcall(false, &g, 0, 10, 26, msg);
+	hbc(&c);
+	c = hbcall(false, &g, 10, 0, 26, NULL);
+	hbc(&c);
+	c = hbcall(false, &g, 10, 16, 26, msg + 10);
+	hbc(&c);
+	ck_assert_uint_eq(R.ebx, 0x00010000u);
+	ck_assert_int_eq(seen_calls, 1);
+	ck_assert_str_eq(seen_args, "guestinfo.foo bar");
+}
+END_TEST
+
 START_TEST(hb_not_advertised)
 {
 	vmwkvm_rpc_free(rpc);
@@ -1201,6 +1220,7 @@ static Suite *suite(void)
 	tcase_add_test(x, out_of_order_subcommands);
 	tcase_add_test(x, hb_length_must_match);
 	tcase_add_test(x, hb_not_advertised);
+	tcase_add_test(x, hb_empty_piece_without_data);
 	tcase_add_test(x, hb_by_hypercall_refused);
 	suite_add_tcase(s, x);
 
