@@ -1,6 +1,6 @@
 /*
  * walk_exits.c: the smallest complete VMM run loop with libvmwkvm. The documentation's
- * main page and guide-exits.md show pieces of this file (the //! [name] markers), so
+ * main page and guide-exits.md show pieces of this file (between snippet markers), so
  * what they show is code that compiles and runs.
  *
  * A 16-bit real-mode guest asks GETVERSION through the backdoor port 0x5658 the way
