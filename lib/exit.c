@@ -29,6 +29,14 @@
 #define REPLY_ALL (REPLY_REGS | VMWKVM_REPLY_INJECT)
 #define MAX_INSN_LEN 15u
 
+/* Zeroing by copying from these compiles to vector stores; a memset of a struct this
+ * size is inlined as `rep stos`, which costs tens of ns per call on the exit path. */
+static const struct vmwkvm_call zero_call;
+static const struct vmwkvm_hb_state zero_hb;
+static const struct vmwkvm_decode_env zero_env;
+static const struct vmwkvm_cpu_state zero_cpu;
+static const struct vmwkvm_reply zero_reply;
+
 /* ------------------------------------------------------------------ names */
 
 static const char *const command_names[] = {
@@ -172,7 +180,7 @@ static bool vector_injectable(uint32_t v)
 
 static void hb_reset(struct vmwkvm_hb_state *hb)
 {
-	memset(hb, 0, sizeof(*hb));
+	*hb = zero_hb;
 }
 
 /* ------------------------------------------------------------------ pure decoder */
@@ -353,27 +361,15 @@ static int decode_hypercall(const struct kvm_run *run, const struct vmwkvm_decod
 	return VMWKVM_EXIT_CALL;
 }
 
-int vmwkvm_exit_decode_raw(const struct kvm_run *run, const struct vmwkvm_cpu_state *cpu,
-			   const struct vmwkvm_decode_env *env_in, struct vmwkvm_hb_state *hb,
-			   struct vmwkvm_call *call)
+/* The decoder proper; env is complete and validated (run_size >= the fixed part). */
+static int decode_core(const struct kvm_run *run, const struct vmwkvm_cpu_state *cpu,
+		       const struct vmwkvm_decode_env *env, struct vmwkvm_hb_state *hb, struct vmwkvm_call *call)
 {
-	if (!run || !cpu || !env_in || !hb || !call)
-		return -EINVAL;
-	/* size-prefixed: at least sz and run_size; unknown trailing bytes must be zero */
-	const size_t need = offsetof(struct vmwkvm_decode_env, run_size) + sizeof(env_in->run_size);
-	if (env_in->sz < need || !vk_opts_valid(env_in, env_in->sz, sizeof(*env_in)))
-		return -EINVAL;
-	struct vmwkvm_decode_env env;
-	memset(&env, 0, sizeof(env));
-	memcpy(&env, env_in, env_in->sz < sizeof(env) ? env_in->sz : sizeof(env));
-	if (env.run_size < RUN_FIXED)
-		return -EINVAL;
-
-	memset(call, 0, sizeof(*call));
+	*call = zero_call;
 	call->exit_reason = run->exit_reason;
 	call->cpl = cpu->cpl & 3;
 	call->mode = cpu->mode <= VMWKVM_MODE_LONG64 ? cpu->mode : VMWKVM_MODE_UNKNOWN;
-	if (env.guest_mode_valid)
+	if (env->guest_mode_valid)
 		call->origin = (run->flags & VMWKVM_UAPI_RUN_X86_GUEST_MODE) ? VMWKVM_ORIGIN_L2 : VMWKVM_ORIGIN_L1;
 	else
 		call->origin = VMWKVM_ORIGIN_UNKNOWN;
@@ -389,12 +385,35 @@ int vmwkvm_exit_decode_raw(const struct kvm_run *run, const struct vmwkvm_cpu_st
 
 	if (run->exit_reason == KVM_EXIT_IO) {
 		if (run->io.port == VMWKVM_BDOOR_PORT || run->io.port == VMWKVM_BDOORHB_PORT)
-			return decode_io(run, cpu, &env, hb, call);
-	} else if (env.hypercall_exit != 0 && run->exit_reason == env.hypercall_exit) {
-		return decode_hypercall(run, &env, call);
+			return decode_io(run, cpu, env, hb, call);
+	} else if (env->hypercall_exit != 0 && run->exit_reason == env->hypercall_exit) {
+		return decode_hypercall(run, env, call);
 	}
 	call->magic_ok = 0;
 	return VMWKVM_EXIT_NOT_BACKDOOR;
+}
+
+int vmwkvm_exit_decode_raw(const struct kvm_run *run, const struct vmwkvm_cpu_state *cpu,
+			   const struct vmwkvm_decode_env *env_in, struct vmwkvm_hb_state *hb,
+			   struct vmwkvm_call *call)
+{
+	if (!run || !cpu || !env_in || !hb || !call)
+		return -EINVAL;
+	/* size-prefixed: at least sz and run_size; unknown trailing bytes must be zero */
+	const size_t need = offsetof(struct vmwkvm_decode_env, run_size) + sizeof(env_in->run_size);
+	if (env_in->sz < need || !vk_opts_valid(env_in, env_in->sz, sizeof(*env_in)))
+		return -EINVAL;
+	struct vmwkvm_decode_env env_copy;
+	const struct vmwkvm_decode_env *env = env_in;
+	if (env_in->sz < sizeof(env_copy)) {
+		/* an older caller: the fields it does not know are zero */
+		env_copy = zero_env;
+		memcpy(&env_copy, env_in, env_in->sz);
+		env = &env_copy;
+	}
+	if (env->run_size < RUN_FIXED)
+		return -EINVAL;
+	return decode_core(run, cpu, env, hb, call);
 }
 
 /* ------------------------------------------------------------------ vCPU decode */
@@ -413,17 +432,30 @@ int vmwkvm_exit_decode(vmwkvm_vcpu *vcpu, struct vmwkvm_call *call)
 		return -EINVAL;
 	vcpu->io_regs_valid = false;
 	struct vmwkvm_cpu_state cpu;
-	if (maybe_backdoor(vcpu)) {
+	if (!maybe_backdoor(vcpu)) {
+		/* not ours: read no registers (no ioctl in ioctl mode) */
+		cpu = zero_cpu;
+	} else if (vcpu->regs_mode == VMWKVM_REGS_SYNC) {
+		/* fast path: straight from kvm_run (what vk_vcpu_read_cpu does, without
+		 * zeroing the whole struct first) */
+		const struct kvm_run *run = vcpu->run;
+		memcpy(&cpu.regs, &run->s.regs.regs, sizeof(cpu.regs));
+		memset(cpu.pad, 0, sizeof(cpu.pad));
+		vk_cpu_mode_from_sregs(&run->s.regs.sregs, cpu.regs.rflags, &cpu);
+	} else {
 		int r = vk_vcpu_read_cpu(vcpu, &cpu);
 		if (r < 0)
 			return r;
-	} else {
-		/* not ours: read no registers (no ioctl in ioctl mode) */
-		memset(&cpu, 0, sizeof(cpu));
 	}
+	const struct vmwkvm_vm *vm = vcpu->vm;
 	struct vmwkvm_decode_env env;
-	vk_vm_decode_env(vcpu->vm, vcpu->run_size, &env);
-	int r = vmwkvm_exit_decode_raw(vcpu->run, &cpu, &env, &vcpu->hb, call);
+	env.sz = sizeof(env);
+	env.run_size = vcpu->run_size;
+	env.hypercall_exit = vm->hypercall_exit;
+	env.hypercall_dialect = (uint32_t)vm->dialect;
+	env.hb_max = vm->hb_max;
+	env.guest_mode_valid = vm->cap_guest_mode > 0;
+	int r = vcpu->run_size >= RUN_FIXED ? decode_core(vcpu->run, &cpu, &env, &vcpu->hb, call) : -EINVAL;
 	if (r == VMWKVM_EXIT_INVALID && vk_log_enabled(VMWKVM_LOG_DEBUG))
 		vk_debug("vCPU fd %d: invalid backdoor access (%s), transport %u port 0x%x rip 0x%llx", vcpu->fd,
 			 vmwkvm_invalid_reason_name(call->invalid), call->transport, call->port,
@@ -613,8 +645,7 @@ static int complete_invalid(struct vmwkvm_vcpu *vcpu, const struct vmwkvm_call *
 			return 0;
 		/* the transfer ends here: the guest reads the status in EBX bits 31:16; clear it
 		 * (no SUCCESS) and keep the HB command in bits 15:0 */
-		struct vmwkvm_reply st;
-		memset(&st, 0, sizeof(st));
+		struct vmwkvm_reply st = zero_reply;
 		st.set = VMWKVM_REPLY_EBX;
 		st.ebx = (uint16_t)call->rbx;
 		return write_regs(vcpu, st.set, &st, false, 0);
@@ -646,7 +677,7 @@ int vmwkvm_exit_complete(vmwkvm_vcpu *vcpu, const struct vmwkvm_call *call, cons
 			vcpu->io_regs_valid = false;
 			return r;
 		}
-		memset(&unsupported, 0, sizeof(unsupported));
+		unsupported = zero_reply;
 		unsupported.set = VMWKVM_REPLY_EAX;
 		unsupported.eax = 0xFFFFFFFFu;
 		reply = &unsupported;
