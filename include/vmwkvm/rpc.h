@@ -87,11 +87,13 @@ enum vmwkvm_rpc_subcmd {
 #define VMWKVM_RPC_STATUS_TIMEOUT 0x0040u  /**< channel timed out */
 #define VMWKVM_RPC_STATUS_HB 0x0080u       /**< the host supports high-bandwidth transfers */
 
-/** Default and largest channel count. */
+/** Default channel count (VMware's GUESTMSG_MAX_CHANNEL). */
 #define VMWKVM_RPC_DEFAULT_CHANNELS 128u
-#define VMWKVM_RPC_MAX_CHANNELS 65536u     /**< channel ids are 16 bits */
-/** Default and largest message size, bytes. */
+/** Largest channel count: channel ids are 16 bits. */
+#define VMWKVM_RPC_MAX_CHANNELS 65536u
+/** Default message size bound, bytes (VMware's 64 KiB guest-to-host cap). */
 #define VMWKVM_RPC_DEFAULT_MESSAGE 65536u
+/** Largest configurable message size bound, bytes. */
 #define VMWKVM_RPC_MAX_MESSAGE (16u << 20)
 /** Default queue depth per TCLO channel. */
 #define VMWKVM_RPC_DEFAULT_TCLO_QUEUE 16u
@@ -250,7 +252,7 @@ VMWKVM_API int vmwkvm_rpc_tclo_queue(vmwkvm_rpc *rpc, int channel, const void *c
  * @param rpc handle
  * @param ids receives up to @p n ids (may be NULL when @p n is 0)
  * @param n   capacity of @p ids
- * @return the number of open TCLO channels (may exceed @p n), or -EINVAL.
+ * @return the number of open TCLO channels (may exceed @p n), -EINVAL, or -ENOMEM.
  * @par Thread-safety
  * Safe.
  */

@@ -3,6 +3,7 @@
  * handlers, MESSAGE routing to the channel, options. */
 #include <check.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -317,7 +318,7 @@ END_TEST
 
 /* ---- VMM handlers ---- */
 
-static int h_calls;
+static atomic_int h_calls;
 static int h_answer(const struct vmwkvm_call *call, struct vmwkvm_reply *r, void *ctx)
 {
 	h_calls++;
@@ -670,6 +671,59 @@ START_TEST(options_and_errors)
 }
 END_TEST
 
+/* ---- concurrency: vCPU threads dispatch while the VMM reconfigures ---- */
+
+static atomic_int stop_flag;
+
+static void *dispatch_worker(void *arg)
+{
+	(void)arg;
+	long bad = 0, n = 0;
+	while (!atomic_load(&stop_flag) || n < 1000) {
+		struct vmwkvm_call c = mkcall(n % 2 ? 10 : 300, n % 3 ? VMWKVM_ORIGIN_L2 : VMWKVM_ORIGIN_L1, 3);
+		struct vmwkvm_reply r;
+		int res = vmwkvm_backdoor_handle(bd, &c, &r);
+		if (res == VMWKVM_BACKDOOR_ANSWERED) {
+			if (c.command == 10 && !(r.eax == 6 && r.ebx == MAGIC && r.set == (R_EAX | R_EBX | R_ECX)))
+				bad++;
+			if (c.command == 300 && !(r.set == (R_EAX | R_EDI) && r.eax == 300))
+				bad++;
+		} else if (res == VMWKVM_BACKDOOR_UNSUPPORTED || res == VMWKVM_BACKDOOR_REFUSED) {
+			if (r.set != R_EAX || r.eax != 0xFFFFFFFFu)
+				bad++;
+		} else {
+			bad++;
+		}
+		n++;
+	}
+	return (void *)bad;
+}
+
+START_TEST(dispatch_while_reconfiguring)
+{
+	vmwkvm_set_log(NULL, NULL, VMWKVM_LOG_ERROR);
+	vmwkvm_backdoor_enable_builtin(bd, 10);
+	atomic_store(&stop_flag, 0);
+	pthread_t t[4];
+	for (int i = 0; i < 4; i++)
+		ck_assert_int_eq(pthread_create(&t[i], NULL, dispatch_worker, NULL), 0);
+	static const uint16_t only[] = {10};
+	for (int i = 0; i < 300; i++) {
+		vmwkvm_backdoor_set_handler(bd, 300, i % 2 ? h_answer : NULL, (void *)(uintptr_t)300);
+		vmwkvm_backdoor_filter_set(bd, VMWKVM_BDOOR_FROM_L2_USER, 10, i % 3 != 0);
+		if (i % 50 == 0)
+			vmwkvm_backdoor_filter_allow_only(bd, VMWKVM_BDOOR_FROM_L2_USER, only, 1);
+		vmwkvm_backdoor_set_default(bd, i % 5 ? NULL : h_fail, NULL);
+	}
+	atomic_store(&stop_flag, 1);
+	for (int i = 0; i < 4; i++) {
+		void *ret;
+		pthread_join(t[i], &ret);
+		ck_assert_ptr_null(ret);
+	}
+}
+END_TEST
+
 static Suite *suite(void)
 {
 	Suite *s = suite_create("backdoor");
@@ -701,6 +755,7 @@ static Suite *suite(void)
 	tcase_add_test(f, origin_classes);
 	tcase_add_test(f, origin_filter_l2_user);
 	tcase_add_test(f, refusal_log_rate_limited);
+	tcase_add_test(f, dispatch_while_reconfiguring);
 	suite_add_tcase(s, f);
 	return s;
 }
