@@ -19,7 +19,9 @@ struct dialect_eval {
 	char nested_reason[VK_DIALECT_REASON_MAX];
 };
 
-_Static_assert(VMWKVM_PROBE_ALLOW_BACKDOOR == VMWKVM_SINGLE_CAP_ENABLE_BACKDOOR &&
+_Static_assert(VMWKVM_PROBE_ALLOW_BACKDOOR == VMWKVM_POLICY_BACKDOOR && VMWKVM_PROBE_ALLOW_HYPERCALL == VMWKVM_POLICY_HYPERCALL &&
+		       VMWKVM_PROBE_ALLOW_NESTED == VMWKVM_POLICY_NESTED_BACKDOOR &&
+		       VMWKVM_PROBE_ALLOW_BACKDOOR == VMWKVM_SINGLE_CAP_ENABLE_BACKDOOR &&
 		       VMWKVM_PROBE_ALLOW_HYPERCALL == VMWKVM_SINGLE_CAP_ENABLE_HYPERCALL &&
 		       VMWKVM_PROBE_ALLOW_NESTED == VMWKVM_SINGLE_CAP_ENABLE_NESTED_BACKDOOR,
 	       "probe policy bits are the proposal's bits");
@@ -227,16 +229,20 @@ void vk_probe_vmware(struct vmwkvm_probe *p, struct vk_probe_ctx *c)
 
 	/* the VM's backdoor and hypercall state under the active dialect */
 	const char *an = vmwkvm_dialect_name(active);
-	if (c->handle && active != VMWKVM_DIALECT_NONE) {
-		uint32_t f = c->handle->policy_flags, conf = c->handle->policy_confirmed;
-		bool bd = f & VMWKVM_PROBE_ALLOW_BACKDOOR, hc = f & VMWKVM_PROBE_ALLOW_HYPERCALL;
+	struct vmwkvm_vmware_policy pol;
+	memset(&pol, 0, sizeof(pol));
+	pol.sz = sizeof(pol);
+	if (c->handle && active != VMWKVM_DIALECT_NONE &&
+	    vmwkvm_vm_get_vmware_policy((vmwkvm_vm *)(uintptr_t)c->handle, &pol) == 0) {
+		bool bd = pol.flags & VMWKVM_POLICY_BACKDOOR, hc = pol.flags & VMWKVM_POLICY_HYPERCALL;
 		VM_ADD(p, VMWKVM_PROBE_VMWARE_BACKDOOR, VMWKVM_PROBE_GROUP_VMWARE, "backdoor",
 		       bd ? VMWKVM_PROBE_PRESENT : VMWKVM_PROBE_ABSENT, true, bd, 0, 0,
-		       "%s: the library's VM handle has the backdoor %s%s", an, bd ? "on" : "off",
-		       bd && (conf & VMWKVM_PROBE_ALLOW_BACKDOOR) ? " (confirmed by the kernel)" : "");
+		       "%s: the VM's policy has the backdoor %s%s", an, bd ? "on" : "off",
+		       bd && (pol.confirmed & VMWKVM_POLICY_BACKDOOR) ? " (confirmed by the kernel)" : "");
 		VM_ADD(p, VMWKVM_PROBE_VMWARE_HYPERCALL, VMWKVM_PROBE_GROUP_VMWARE, "hypercall",
 		       hc ? VMWKVM_PROBE_PRESENT : VMWKVM_PROBE_ABSENT, true, hc, 0, 0,
-		       "%s: the library's VM handle %s hypercalls", an, hc ? "forwards" : "does not forward");
+		       "%s: the VM's policy %s hypercalls%s", an, hc ? "forwards" : "does not forward",
+		       hc && pol.hypercall_exit ? " (decoded from its exit)" : "");
 	} else if (active != VMWKVM_DIALECT_NONE && c->vm_fd < 0) {
 		VM_ADD(p, VMWKVM_PROBE_VMWARE_BACKDOOR, VMWKVM_PROBE_GROUP_VMWARE, "backdoor", VMWKVM_PROBE_UNKNOWN, false, 0,
 		       0, 0, "%s: %s", an, c->vm_unusable);
