@@ -184,4 +184,21 @@ static inline struct vmwkvm_proposed_vmware_exit *vmwkvm_proposed_run_vmware(str
 	return (struct vmwkvm_proposed_vmware_exit *)(void *)((char *)run + VMWKVM_UAPI_RUN_UNION_OFFSET);
 }
 
+/* ============== memory-fault exits: proposed (unmerged) forms (memfault) ============== */
+/* KVM Userfault (James Houghton v1-v3): memory_fault.flags bit for a userfault-bitmap hit */
+#define VMWKVM_PROPOSED_MEMORY_EXIT_FLAG_USERFAULT (1ull << 4)
+/* Access flags of Anish Moorthy's memory-fault series (bits mainline left free below PRIVATE),
+ * used by the modelled permission-fault form of the Feb-2025 discussion */
+#define VMWKVM_PROPOSED_MEMORY_FAULT_FLAG_READ (1ull << 0)
+#define VMWKVM_PROPOSED_MEMORY_FAULT_FLAG_WRITE (1ull << 1)
+#define VMWKVM_PROPOSED_MEMORY_FAULT_FLAG_EXEC (1ull << 2)
+#ifndef USERFAULTFD_IOC_NEW
+#define USERFAULTFD_IOC_NEW _IO(0xAA, 0x00)
+#endif
+/* UFFDIO_CONTINUE mode bit newer than 6.1: map the page write-protected (6.5) */
+#define VMWKVM_UAPI_UFFDIO_CONTINUE_MODE_WP (1ull << 1)
+_Static_assert(USERFAULTFD_IOC_NEW == 0xaa00, "USERFAULTFD_IOC_NEW number");
+_Static_assert(sizeof(struct uffdio_continue) == 32, "uffdio_continue");
+_Static_assert(sizeof(struct uffdio_zeropage) == 32, "uffdio_zeropage");
+
 #endif /* VMWKVM_LIB_UAPI_H */
