@@ -98,9 +98,24 @@ enum vmwkvm_invalid_reason {
 
 /** General-purpose registers as KVM_GET_REGS returns them (same layout as struct kvm_regs). */
 struct vmwkvm_regs {
-	uint64_t rax, rbx, rcx, rdx, rsi, rdi, rsp, rbp; /**< GPRs */
-	uint64_t r8, r9, r10, r11, r12, r13, r14, r15;   /**< GPRs */
-	uint64_t rip, rflags;                            /**< instruction pointer, flags */
+	uint64_t rax;     /**< RAX */
+	uint64_t rbx;     /**< RBX */
+	uint64_t rcx;     /**< RCX */
+	uint64_t rdx;     /**< RDX */
+	uint64_t rsi;     /**< RSI */
+	uint64_t rdi;     /**< RDI */
+	uint64_t rsp;     /**< RSP */
+	uint64_t rbp;     /**< RBP */
+	uint64_t r8;      /**< R8 */
+	uint64_t r9;      /**< R9 */
+	uint64_t r10;     /**< R10 */
+	uint64_t r11;     /**< R11 */
+	uint64_t r12;     /**< R12 */
+	uint64_t r13;     /**< R13 */
+	uint64_t r14;     /**< R14 */
+	uint64_t r15;     /**< R15 */
+	uint64_t rip;     /**< instruction pointer */
+	uint64_t rflags;  /**< flags */
 };
 
 /** CPU state the pure decoder needs besides `struct kvm_run`. */
@@ -162,8 +177,13 @@ struct vmwkvm_call {
 	uint64_t hb_total;       /**< bytes in the whole HB transfer (for an HB hypercall: RCX, the
 	                              length of the guest buffer; hb_count/hb_data are then 0/NULL) */
 	uint8_t *hb_data;        /**< this piece's bytes inside kvm_run: the guest's (OUT) or where the host's go (IN) */
-	uint64_t rax, rbx, rcx, rdx, rsi, rdi, rbp; /**< guest GPRs at the call (full 64 bits;
-	                              for hypercalls as the exit reports them, 32-bit outside long mode) */
+	uint64_t rax;            /**< guest RAX at the call (hypercall: as the exit reports it, 32 bits outside long mode) */
+	uint64_t rbx;            /**< guest RBX at the call (hypercall: as the exit reports it, 32 bits outside long mode) */
+	uint64_t rcx;            /**< guest RCX at the call (hypercall: as the exit reports it, 32 bits outside long mode) */
+	uint64_t rdx;            /**< guest RDX at the call (hypercall: as the exit reports it, 32 bits outside long mode) */
+	uint64_t rsi;            /**< guest RSI at the call (hypercall: as the exit reports it, 32 bits outside long mode) */
+	uint64_t rdi;            /**< guest RDI at the call (hypercall: as the exit reports it, 32 bits outside long mode) */
+	uint64_t rbp;            /**< guest RBP at the call (hypercall: as the exit reports it, 32 bits outside long mode) */
 	uint64_t rip;            /**< guest RIP at the exit */
 	uint32_t hypercall_flags;/**< hypercall only: EDX bits 15:0 (::VMWKVM_HCALL_FLAG_HB, ::VMWKVM_HCALL_FLAG_WRITE) */
 	uint32_t pad2;           /**< zero */
@@ -185,11 +205,17 @@ enum vmwkvm_reply_reg {
 /** The answer to a call. Registers not in @ref set keep the guest's values. */
 struct vmwkvm_reply {
 	uint32_t set;            /**< enum vmwkvm_reply_reg bits */
-	uint32_t eax, ebx, ecx, edx, esi, edi, ebp; /**< 32-bit results, written zero-extended */
+	uint32_t eax;            /**< EAX result (32 bits, written zero-extended) */
+	uint32_t ebx;            /**< EBX result (32 bits, written zero-extended) */
+	uint32_t ecx;            /**< ECX result (32 bits, written zero-extended) */
+	uint32_t edx;            /**< EDX result (32 bits, written zero-extended) */
+	uint32_t esi;            /**< ESI result (32 bits, written zero-extended) */
+	uint32_t edi;            /**< EDI result (32 bits, written zero-extended) */
+	uint32_t ebp;            /**< EBP result (32 bits, written zero-extended) */
 	uint8_t vector;          /**< exception vector (with ::VMWKVM_REPLY_INJECT) */
 	uint8_t pad[3];          /**< zero */
 	uint32_t error_code;     /**< exception error code, for vectors that have one */
-	uint64_t address;        /**< CR2 for #PF */
+	uint64_t address;        /**< CR2 for \#PF */
 	const void *hb_data;     /**< HB IN: the vmwkvm_call::hb_count bytes for this piece (NULL: zeroes) */
 	uint64_t reserved[4];    /**< zero */
 };
@@ -269,7 +295,7 @@ VMWKVM_API int vmwkvm_exit_decode(vmwkvm_vcpu *vcpu, struct vmwkvm_call *call);
  * - Hypercall: `result` (written by KVM to RAX) = reply->eax, or the guest's RAX when EAX
  *   is not in the set; other registers through sync regs/KVM_SET_REGS;
  *   ::VMWKVM_REPLY_INJECT fills the exit's exception fields (vector, error_code, address
- *   for #PF) and KVM then delivers the fault at the VMCALL instead of skipping it.
+ *   for \#PF) and KVM then delivers the fault at the VMCALL instead of skipping it.
  * With sync regs no ioctl is made; in ioctl mode at most one KVM_SET_REGS.
  * @param vcpu  the vCPU
  * @param call  the call returned by vmwkvm_exit_decode() for the current exit
