@@ -1,5 +1,6 @@
 # Format every manual page under MANDIR with groff and fail on any warning or error.
 # Usage: cmake -DGROFF=/usr/bin/groff -DMANDIR=docs/man -P CheckManPages.cmake
+cmake_minimum_required(VERSION 3.25)
 file(GLOB pages ${MANDIR}/man*/*.[1-8])
 set(bad "")
 set(n 0)

@@ -9,6 +9,7 @@
 # Usage: cmake -DLIB=libvmwkvm.so.0 -DMAP=lib/libvmwkvm.map -DSYMBOLS=debian/libvmwkvm0.symbols
 #              [-DNM=nm] [-DREADELF=readelf] -P CheckSymbols.cmake
 # Fix a failure with scripts/update-abi.sh (it regenerates the symbols file from the map).
+cmake_minimum_required(VERSION 3.25)
 foreach(v LIB MAP SYMBOLS)
   if(NOT ${v} OR NOT EXISTS "${${v}}")
     message(FATAL_ERROR "CheckSymbols: -D${v}=<file> is required and must exist (got '${${v}}')")
