@@ -338,14 +338,15 @@ static int guest_report(const struct kvm_run *run)
 	return -1;
 }
 
-/* (a) the floor: KVM_RUN + the answer through sync regs by hand */
-static int bare_loop(unsigned calls, double *ns, double *ioctls_per_call)
+/* (a) the floor: KVM_RUN + the answer through sync regs by hand. with_sregs: also have
+ * KVM copy the segment registers out at every exit, as the library does (for CPL/mode). */
+static int bare_loop(unsigned calls, bool with_sregs, double *ns, double *ioctls_per_call)
 {
 	struct kvmvm k;
 	if (kvm_up(&k, calls, 0) < 0)
 		return -1;
 	struct kvm_run *run = k.run;
-	run->kvm_valid_regs = KVM_SYNC_X86_REGS;
+	run->kvm_valid_regs = KVM_SYNC_X86_REGS | (with_sregs ? KVM_SYNC_X86_SREGS : 0);
 	unsigned long ioctls = 0, answered = 0;
 	int rc = -1;
 	alarm_fired = 0;
@@ -500,19 +501,24 @@ int main(int argc, char **argv)
 	sigemptyset(&sa.sa_mask);
 	sigaction(SIGALRM, &sa, NULL); /* no SA_RESTART: KVM_RUN returns EINTR */
 
-	double floor_v[16], lib_v[16], io_v[16];
-	double floor_ioc = 0, lib_ioc = 0, lib_extra = 0, io_ioc = 0, io_extra = 0;
+	double floor_v[16], sregs_v[16], lib_v[16], io_v[16];
+	double floor_ioc = 0, sregs_ioc = 0, lib_ioc = 0, lib_extra = 0, io_ioc = 0, io_extra = 0;
 	for (unsigned k = 0; k < rounds; k++) {
-		if (bare_loop(calls, &floor_v[k], &floor_ioc) < 0)
+		if (bare_loop(calls, false, &floor_v[k], &floor_ioc) < 0)
+			return 1;
+		if (bare_loop(calls, true, &sregs_v[k], &sregs_ioc) < 0)
 			return 1;
 		if (lib_loop(calls, VMWKVM_REGS_SYNC, &lib_v[k], &lib_ioc, &lib_extra) < 0)
 			return 1;
 		if (lib_loop(calls, VMWKVM_REGS_IOCTL, &io_v[k], &io_ioc, &io_extra) < 0)
 			return 1;
 	}
-	double fl = median(floor_v, rounds), lb = median(lib_v, rounds), io = median(io_v, rounds);
+	double fl = median(floor_v, rounds), sr = median(sregs_v, rounds), lb = median(lib_v, rounds),
+	       io = median(io_v, rounds);
 	printf("kvm: %u GETVERSION calls x %u rounds, median per call:\n", calls, rounds);
 	printf("  bare sync-regs loop (floor): %.0f ns, %.2f ioctls/call\n", fl, floor_ioc);
+	printf("  same + SREGS synced:         %.0f ns, %.2f ioctls/call (kernel cost of CPL/mode per exit)\n", sr,
+	       sregs_ioc);
 	printf("  library, sync regs:          %.0f ns, %.2f ioctls/call (%.2f besides KVM_RUN)\n", lb, lib_ioc,
 	       lib_extra);
 	printf("  library, ioctl mode:         %.0f ns, %.2f ioctls/call (%.2f besides KVM_RUN), ratio %.3f\n", io,
