@@ -267,8 +267,10 @@ VMWKVM_API int vmwkvm_exit_decode_raw(const struct kvm_run *run, const struct vm
  * Decode the vCPU's last exit (vmwkvm_exit_decode_raw() on the vCPU's kvm_run, the VM's
  * environment and the vCPU's HB state).
  *
- * Reads the registers through sync regs (no ioctl) or KVM_GET_REGS/KVM_GET_SREGS, and
- * only for exits that can be backdoor accesses (the backdoor ports, the hypercall exit).
+ * Reads the registers through sync regs (no ioctl; the VMM must keep KVM_SYNC_X86_REGS and
+ * KVM_SYNC_X86_SREGS in `run->kvm_valid_regs`, as vmwkvm_vcpu_new() set them) or
+ * KVM_GET_REGS/KVM_GET_SREGS, and only for exits that can be backdoor accesses (the
+ * backdoor ports, the hypercall exit). Updates the vCPU's HB transfer state.
  * A non-backdoor exit is returned as ::VMWKVM_EXIT_NOT_BACKDOOR and left untouched; its
  * record then carries only exit_reason and origin (registers read as 0).
  * @param vcpu the vCPU, just back from KVM_RUN
