@@ -106,25 +106,22 @@ struct mf_table *vk_mf_pin(struct vmwkvm_memfault *mf)
 	return t;
 }
 
-static bool table_is_retired(struct vmwkvm_memfault *mf, const struct mf_table *t)
-{
-	for (const struct mf_table *x = mf->retired; x; x = x->next_retired)
-		if (x == t)
-			return true;
-	return false;
-}
+static void region_release(struct vmwkvm_memfault *mf, struct mf_region *r, bool unregister);
 
-/* Drop a reference without thread-local bookkeeping (used for mf->cur's own reference). */
+/* Drop a reference without thread-local bookkeeping (used for mf->cur's own reference).
+ * After its decrement a thread no longer touches t unless it took the count to zero. */
 static void table_put(struct vmwkvm_memfault *mf, struct mf_table *t)
 {
-	long left = atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) - 1;
+	long left = atomic_fetch_sub(&t->refs, 1) - 1;
 	if (left > 0) {
-		/* a writer may be waiting for this table's readers to leave */
-		pthread_mutex_lock(&mf->gc_lock);
-		bool retired = table_is_retired(mf, t);
-		if (retired)
+		/* a writer may wait for this table's readers to leave: it counts itself in
+		 * grace_waiters before it reads refs, this thread reads grace_waiters after it
+		 * changed refs (both seq_cst), so one of the two sees the other */
+		if (atomic_load(&mf->grace_waiters) > 0) {
+			pthread_mutex_lock(&mf->gc_lock);
 			pthread_cond_broadcast(&mf->gc_cond);
-		pthread_mutex_unlock(&mf->gc_lock);
+			pthread_mutex_unlock(&mf->gc_lock);
+		}
 		return;
 	}
 	/* only a retired table can reach zero: mf->cur holds a reference */
@@ -135,9 +132,20 @@ static void table_put(struct vmwkvm_memfault *mf, struct mf_table *t)
 			break;
 		}
 	}
+	struct mf_region *dead = NULL;
+	if (!mf->retired) {
+		/* no table can reach a removed region any more */
+		dead = mf->deferred;
+		mf->deferred = NULL;
+	}
 	pthread_cond_broadcast(&mf->gc_cond);
 	pthread_mutex_unlock(&mf->gc_lock);
 	table_free(t);
+	while (dead) {
+		struct mf_region *next = dead->next_dead;
+		region_release(mf, dead, true);
+		dead = next;
+	}
 }
 
 void vk_mf_unpin(struct vmwkvm_memfault *mf, struct mf_table *t)
@@ -159,6 +167,8 @@ static void table_publish(struct vmwkvm_memfault *mf, struct mf_table *t, bool w
 	old->next_retired = mf->retired;
 	mf->retired = old;
 	pthread_mutex_unlock(&mf->gc_lock);
+	if (wait)
+		atomic_fetch_add(&mf->grace_waiters, 1);
 	table_put(mf, old);
 	if (!wait)
 		return;
@@ -166,7 +176,7 @@ static void table_publish(struct vmwkvm_memfault *mf, struct mf_table *t, bool w
 	for (;;) {
 		bool busy = false;
 		for (struct mf_table *x = mf->retired; x; x = x->next_retired) {
-			long refs = atomic_load_explicit(&x->refs, memory_order_acquire);
+			long refs = atomic_load(&x->refs);
 			if (refs > tl_pin_count(mf, x)) {
 				busy = true;
 				break;
@@ -177,6 +187,7 @@ static void table_publish(struct vmwkvm_memfault *mf, struct mf_table *t, bool w
 		pthread_cond_wait(&mf->gc_cond, &mf->gc_lock);
 	}
 	pthread_mutex_unlock(&mf->gc_lock);
+	atomic_fetch_sub(&mf->grace_waiters, 1);
 }
 
 /* ------------------------------------------------------------------ lookups */
@@ -426,8 +437,6 @@ int vmwkvm_memfault_new(vmwkvm_vm *vm, const struct vmwkvm_memfault_opts *opts, 
 	return 0;
 }
 
-static void region_release(struct vmwkvm_memfault *mf, struct mf_region *r, bool unregister);
-
 void vmwkvm_memfault_free(vmwkvm_memfault *mf)
 {
 	if (!mf)
@@ -444,6 +453,11 @@ void vmwkvm_memfault_free(vmwkvm_memfault *mf)
 		struct mf_table *x = mf->retired;
 		mf->retired = x->next_retired;
 		table_free(x);
+	}
+	while (mf->deferred) {
+		struct mf_region *r = mf->deferred;
+		mf->deferred = r->next_dead;
+		region_release(mf, r, true);
 	}
 	vk_mf_uffd_close(mf);
 	int pm = atomic_load(&mf->procmem);
@@ -586,10 +600,8 @@ int vmwkvm_memfault_add_region(vmwkvm_memfault *mf, const struct vmwkvm_mf_regio
 		err = -EEXIST;
 	uint64_t modes = 0;
 	if (!err) {
-		modes = range_modes(t, r->gpa, r->size);
+		modes = mf->uffd >= 0 ? range_modes(t, r->gpa, r->size) : 0;
 		if ((modes & UFFDIO_REGISTER_MODE_MINOR) && r->kind != VMWKVM_MF_MEM_SHMEM)
-			err = -EOPNOTSUPP;
-		if (modes && mf->uffd < 0)
 			err = -EOPNOTSUPP;
 	}
 	if (!err) {
@@ -670,6 +682,8 @@ static void region_restore_mprotect(struct mf_region *r)
 
 static void region_release(struct vmwkvm_memfault *mf, struct mf_region *r, bool unregister)
 {
+	/* faults queued for it are answered by the unregistration (it wakes their threads) */
+	vk_mf_uffd_forget(mf, (uint64_t)(uintptr_t)r->hva, r->size);
 	pthread_mutex_lock(&mf->prot_lock);
 	r->dead = true;
 	if (unregister && r->uffd_modes)
@@ -703,10 +717,18 @@ int vmwkvm_memfault_remove_region(vmwkvm_memfault *mf, uint64_t gpa)
 	}
 	table_publish(mf, c, true);
 	pthread_mutex_unlock(&mf->wlock);
-	/* nothing can reach r any more: release the blocked threads and its resources */
-	vk_mf_uffd_forget(mf, (uint64_t)(uintptr_t)r->hva, r->size);
-	region_release(mf, r, true);
-	vk_info("memfault: region GPA 0x%llx removed", (unsigned long long)gpa);
+	/* Only tables this thread pins (it runs in a handler) can still reach r: release it
+	 * now, or when the last of them goes (the blocked threads are released then). */
+	pthread_mutex_lock(&mf->gc_lock);
+	bool defer = mf->retired != NULL;
+	if (defer) {
+		r->next_dead = mf->deferred;
+		mf->deferred = r;
+	}
+	pthread_mutex_unlock(&mf->gc_lock);
+	if (!defer)
+		region_release(mf, r, true);
+	vk_info("memfault: region GPA 0x%llx removed%s", (unsigned long long)gpa, defer ? " (released after the current dispatch)" : "");
 	return 0;
 }
 
@@ -723,8 +745,9 @@ int vmwkvm_memfault_add_range(vmwkvm_memfault *mf, const struct vmwkvm_mf_range 
 		if (in->reserved[i])
 			return -EINVAL;
 	struct mf_range nr = { .gpa = in->gpa, .size = in->size, .access = in->access, .fn = in->fn, .ctx = in->ctx };
-	bool needs_uffd = in->access & (VMWKVM_MF_ACCESS_MISSING | VMWKVM_MF_ACCESS_MINOR);
-	if (needs_uffd && mf->uffd < 0)
+	/* MINOR faults exist only with userfaultfd; MISSING ones also come from KVM Userfault exits */
+	if (mf->uffd < 0 && ((in->access & VMWKVM_MF_ACCESS_MINOR) ||
+			     ((in->access & VMWKVM_MF_ACCESS_MISSING) && !(mf->dialects & VMWKVM_MF_DIALECT_KVM_USERFAULT))))
 		return -EOPNOTSUPP;
 
 	pthread_mutex_lock(&mf->wlock);
@@ -734,7 +757,7 @@ int vmwkvm_memfault_add_range(vmwkvm_memfault *mf, const struct vmwkvm_mf_range 
 	if (i < t->nrange && t->ranges[i].gpa < nr.gpa + nr.size)
 		err = -EEXIST;
 	uint64_t modes = 0;
-	if (in->access & VMWKVM_MF_ACCESS_MISSING)
+	if ((in->access & VMWKVM_MF_ACCESS_MISSING) && mf->uffd >= 0)
 		modes |= UFFDIO_REGISTER_MODE_MISSING;
 	if (in->access & VMWKVM_MF_ACCESS_MINOR)
 		modes |= UFFDIO_REGISTER_MODE_MINOR;
@@ -1031,12 +1054,12 @@ int vk_mf_ram_write(struct vmwkvm_memfault *mf, struct mf_region *r, uint64_t gp
 	if (len == 0)
 		return 0;
 	if (r->alias) {
-		memcpy(r->alias + off, src, len);
+		vk_mf_guest_copy(r->alias + off, src, len);
 		return 0;
 	}
 	uint8_t s = pst_span(r, gpa, len);
 	if (!(s & PST_MPROT)) {
-		memcpy(r->hva + off, src, len);
+		vk_mf_guest_copy(r->hva + off, src, len);
 		return 0;
 	}
 	if (r->kind == VMWKVM_MF_MEM_ANON) {
@@ -1055,12 +1078,12 @@ int vk_mf_ram_read(struct vmwkvm_memfault *mf, struct mf_region *r, uint64_t gpa
 	if (len == 0)
 		return 0;
 	if (r->alias) {
-		memcpy(dst, r->alias + off, len);
+		vk_mf_guest_copy(dst, r->alias + off, len);
 		return 0;
 	}
 	uint8_t s = pst_span(r, gpa, len);
 	if (!(s & PST_ACC)) {
-		memcpy(dst, r->hva + off, len);
+		vk_mf_guest_copy(dst, r->hva + off, len);
 		return 0;
 	}
 	if (r->kind == VMWKVM_MF_MEM_ANON) {
@@ -1361,9 +1384,9 @@ static int do_resolve(struct vmwkvm_memfault *mf, struct mf_region *r, uint64_t 
 		if (e < 0)
 			return e;
 		if (r->alias)
-			memcpy(r->alias + (pos - r->gpa), src, ps);
+			vk_mf_guest_copy(r->alias + (pos - r->gpa), src, ps);
 		else
-			memcpy(hva, src, ps);
+			vk_mf_guest_copy(hva, src, ps);
 	}
 	return do_unprotect(mf, r, gpa, len, NULL);
 }

@@ -23,6 +23,8 @@
 
 #include "internal.h"
 
+#include <string.h>
+
 #include <vmwkvm/memfault.h>
 
 /* page state bits */
@@ -52,6 +54,7 @@ struct mf_region {
 	bool guard;           /* MISSING mode added only as the missing guard */
 	atomic_long nprot;    /* pages with PST_PROT set */
 	bool dead;            /* removed (no new registrations) */
+	struct mf_region *next_dead; /* on mf->deferred until no old table can reach it */
 };
 
 struct mf_range {
@@ -118,6 +121,8 @@ struct vmwkvm_memfault {
 	pthread_mutex_t gc_lock;
 	pthread_cond_t gc_cond;
 	struct mf_table *retired;
+	atomic_int grace_waiters;    /* writers waiting for retired tables to drain */
+	struct mf_region *deferred;  /* removed regions to release once mf->retired is empty */
 
 	/* protection changes and userfaultfd registrations */
 	pthread_mutex_t prot_lock;
@@ -203,6 +208,30 @@ bool vk_mf_keep_protection(const struct mf_fault *f, uint64_t gpa, uint64_t len)
 /* fill a record for the whole fault */
 void vk_mf_fault_record(const struct vmwkvm_memfault *mf, const struct mf_table *t, const struct mf_fault *f,
 			struct vmwkvm_mf_record *rec);
+
+/* Copy between guest RAM and the library. Guest memory is shared with agents whose order the
+ * kernel, not the C memory model, guarantees (a writer sleeps in a fault until the library
+ * is done); under ThreadSanitizer the copy is made of relaxed atomic accesses so that the
+ * tool, which cannot see that order, does not report it. */
+static inline void vk_mf_guest_copy(void *dst, const void *src, size_t n)
+{
+#if defined(__SANITIZE_THREAD__)
+	for (size_t i = 0; i < n; i++)
+		__atomic_store_n((uint8_t *)dst + i, __atomic_load_n((const uint8_t *)src + i, __ATOMIC_RELAXED),
+				 __ATOMIC_RELAXED);
+#else
+	memcpy(dst, src, n);
+#endif
+}
+static inline void vk_mf_guest_zero(void *dst, size_t n)
+{
+#if defined(__SANITIZE_THREAD__)
+	for (size_t i = 0; i < n; i++)
+		__atomic_store_n((uint8_t *)dst + i, 0, __ATOMIC_RELAXED);
+#else
+	memset(dst, 0, n);
+#endif
+}
 
 /* ---- memfault.c: protection (caller holds no lock) ---- */
 /* unprotect pages [gpa, gpa+len) of region r (page aligned, inside r). dontwake: keep

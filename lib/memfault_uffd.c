@@ -464,9 +464,9 @@ static void write_pieces(const struct mf_fault *f, uint64_t gpa, uint8_t *dst)
 	for (size_t i = 0; i < f->npieces; i++) {
 		const struct mf_piece *p = &f->pieces[i];
 		if (p->kind == VMWKVM_MF_ACT_FILL)
-			memcpy(dst + (p->gpa - gpa), p->data, p->size);
+			vk_mf_guest_copy(dst + (p->gpa - gpa), p->data, p->size);
 		else if (p->kind == VMWKVM_MF_ACT_ZERO)
-			memset(dst + (p->gpa - gpa), 0, p->size);
+			vk_mf_guest_zero(dst + (p->gpa - gpa), p->size);
 	}
 }
 

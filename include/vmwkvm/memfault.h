@@ -376,8 +376,9 @@ VMWKVM_API int vmwkvm_memfault_remove_region(vmwkvm_memfault *mf, uint64_t gpa);
  * @param r  the range (copied)
  * @return 0; -EINVAL (NULL argument, bad r->sz, zero size, range wrapping, no access bit
  *         or unknown bits, NULL handler, non-zero reserved fields), -EEXIST (overlaps a
- *         range), -EOPNOTSUPP (MISSING or MINOR asked for without userfaultfd, or MINOR on
- *         anonymous memory), -ENOMEM, or the negative errno of UFFDIO_REGISTER.
+ *         range), -EOPNOTSUPP (MINOR asked for without userfaultfd or on anonymous memory;
+ *         MISSING without userfaultfd unless the KVM Userfault dialect is in force, whose
+ *         exits are MISSING faults too), -ENOMEM, or the negative errno of UFFDIO_REGISTER.
  * @par Thread-safety
  * Safe; serialised with other table changes.
  */
