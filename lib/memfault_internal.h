@@ -132,6 +132,7 @@ struct vmwkvm_memfault {
 	int uffd_err;      /* why none (negative errno), 0 if opened or not asked for */
 	uint64_t features; /* negotiated */
 	int epfd, kickfd;  /* lazily created (vmwkvm_memfault_fd / start) */
+	atomic_bool kicked; /* kickfd was written since the last drain */
 	pthread_mutex_t fd_lock;
 	pthread_mutex_t uffd_lock; /* serialises serving (held while handlers run) */
 	pthread_mutex_t q_lock;    /* reading the uffd, the queues below; held briefly, takes no other lock */

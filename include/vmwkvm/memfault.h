@@ -452,7 +452,8 @@ VMWKVM_API int vmwkvm_memfault_kick(vmwkvm_memfault *mf);
 /**
  * Start a library thread that serves userfaultfd (vmwkvm_memfault_dispatch() whenever the
  * descriptor is readable, and every vmwkvm_memfault_opts::retry_interval_us while faults
- * are parked).
+ * are parked). The thread blocks every signal, so signals the VMM directs at its process
+ * (a watchdog's SIGALRM, vCPU kicks) reach the VMM's threads.
  * @param mf dispatcher
  * @return 0; -EINVAL, -EALREADY (running), -EPERM/-EOPNOTSUPP without userfaultfd, or the
  *         negative errno of pthread_create().
