@@ -132,11 +132,20 @@ static void table_put(struct vmwkvm_memfault *mf, struct mf_table *t)
 			break;
 		}
 	}
+	/* removed regions that no remaining (older) table can reach are released */
+	uint64_t oldest = UINT64_MAX;
+	for (struct mf_table *x = mf->retired; x; x = x->next_retired)
+		oldest = x->gen < oldest ? x->gen : oldest;
 	struct mf_region *dead = NULL;
-	if (!mf->retired) {
-		/* no table can reach a removed region any more */
-		dead = mf->deferred;
-		mf->deferred = NULL;
+	for (struct mf_region **pp = &mf->deferred; *pp;) {
+		struct mf_region *r = *pp;
+		if (r->dead_gen < oldest) {
+			*pp = r->next_dead;
+			r->next_dead = dead;
+			dead = r;
+		} else {
+			pp = &r->next_dead;
+		}
 	}
 	pthread_cond_broadcast(&mf->gc_cond);
 	pthread_mutex_unlock(&mf->gc_lock);
@@ -154,28 +163,36 @@ void vk_mf_unpin(struct vmwkvm_memfault *mf, struct mf_table *t)
 	table_put(mf, t);
 }
 
-/* Publish t as the current table (caller holds mf->wlock); with wait, also wait for the
- * grace period. */
-static void table_publish(struct vmwkvm_memfault *mf, struct mf_table *t, bool wait)
+/* Publish t as the current table (caller holds mf->wlock). Returns the generation of the
+ * table it replaced, for grace_wait(). */
+static uint64_t table_publish(struct vmwkvm_memfault *mf, struct mf_table *t)
 {
 	atomic_init(&t->refs, 1);
+	t->gen = ++mf->gen;
 	pthread_rwlock_wrlock(&mf->pin_lock);
 	struct mf_table *old = mf->cur;
 	mf->cur = t;
 	pthread_rwlock_unlock(&mf->pin_lock);
+	uint64_t old_gen = old->gen;
 	pthread_mutex_lock(&mf->gc_lock);
 	old->next_retired = mf->retired;
 	mf->retired = old;
 	pthread_mutex_unlock(&mf->gc_lock);
-	if (wait)
-		atomic_fetch_add(&mf->grace_waiters, 1);
 	table_put(mf, old);
-	if (!wait)
-		return;
+	return old_gen;
+}
+
+/* Wait until no thread but this one uses a table of generation <= gen (caller holds no
+ * lock of the library). */
+static void grace_wait(struct vmwkvm_memfault *mf, uint64_t gen)
+{
+	atomic_fetch_add(&mf->grace_waiters, 1);
 	pthread_mutex_lock(&mf->gc_lock);
 	for (;;) {
 		bool busy = false;
 		for (struct mf_table *x = mf->retired; x; x = x->next_retired) {
+			if (x->gen > gen)
+				continue;
 			long refs = atomic_load(&x->refs);
 			if (refs > tl_pin_count(mf, x)) {
 				busy = true;
@@ -655,7 +672,7 @@ int vmwkvm_memfault_add_region(vmwkvm_memfault *mf, const struct vmwkvm_mf_regio
 			return err;
 		}
 	}
-	table_publish(mf, c, false);
+	table_publish(mf, c);
 	pthread_mutex_unlock(&mf->wlock);
 	vk_info("memfault: region GPA 0x%llx+0x%llx (%s) write protection by %s%s", (unsigned long long)r->gpa,
 		(unsigned long long)r->size, r->kind == VMWKVM_MF_MEM_SHMEM ? "shmem" : "anonymous",
@@ -715,13 +732,17 @@ int vmwkvm_memfault_remove_region(vmwkvm_memfault *mf, uint64_t gpa)
 		pthread_mutex_unlock(&mf->wlock);
 		return -ENOMEM;
 	}
-	table_publish(mf, c, true);
+	uint64_t gen = table_publish(mf, c);
 	pthread_mutex_unlock(&mf->wlock);
+	grace_wait(mf, gen);
 	/* Only tables this thread pins (it runs in a handler) can still reach r: release it
 	 * now, or when the last of them goes (the blocked threads are released then). */
 	pthread_mutex_lock(&mf->gc_lock);
-	bool defer = mf->retired != NULL;
+	bool defer = false;
+	for (struct mf_table *x = mf->retired; x; x = x->next_retired)
+		defer |= x->gen <= gen;
 	if (defer) {
+		r->dead_gen = gen;
 		r->next_dead = mf->deferred;
 		mf->deferred = r;
 	}
@@ -793,7 +814,7 @@ int vmwkvm_memfault_add_range(vmwkvm_memfault *mf, const struct vmwkvm_mf_range 
 			err = -ENOMEM;
 	}
 	if (!err)
-		table_publish(mf, c, false);
+		table_publish(mf, c);
 	pthread_mutex_unlock(&mf->wlock);
 	return err;
 }
@@ -814,8 +835,9 @@ int vmwkvm_memfault_remove_range(vmwkvm_memfault *mf, uint64_t gpa, uint64_t siz
 		pthread_mutex_unlock(&mf->wlock);
 		return -ENOMEM;
 	}
-	table_publish(mf, c, true);
+	uint64_t gen = table_publish(mf, c);
 	pthread_mutex_unlock(&mf->wlock);
+	grace_wait(mf, gen);
 	return 0;
 }
 

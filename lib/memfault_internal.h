@@ -7,8 +7,10 @@
  * reference count. A writer swaps mf->cur under the write side of pin_lock, moves the old
  * snapshot to the retired list and drops the reference mf->cur held; a retired snapshot is
  * freed by whoever drops its last reference. The writer then waits on gc_cond until no
- * retired snapshot is left (ignoring the one its own thread pinned, if it runs inside a
- * handler): a grace period, after which nothing can use a removed handler or region.
+ * retired snapshot as old as the one it replaced is left (ignoring the ones its own thread
+ * pinned, if it runs inside a handler): a grace period, after which nothing can use a
+ * removed handler or region. The wait happens after wlock is released, so that a handler
+ * may change the tables while another thread waits for it.
  * Regions are heap objects shared by consecutive snapshots; a removed region's resources
  * (alias mapping, page states) are released after the grace period.
  *
@@ -55,6 +57,7 @@ struct mf_region {
 	atomic_long nprot;    /* pages with PST_PROT set */
 	bool dead;            /* removed (no new registrations) */
 	struct mf_region *next_dead; /* on mf->deferred until no old table can reach it */
+	uint64_t dead_gen;           /* newest table generation that may still reach it */
 };
 
 struct mf_range {
@@ -66,6 +69,7 @@ struct mf_range {
 
 struct mf_table {
 	atomic_long refs;
+	uint64_t gen;              /* publication number (1, 2, ...) */
 	struct mf_table *next_retired;
 	size_t nreg;
 	struct mf_region **by_gpa; /* sorted by gpa */
@@ -122,6 +126,7 @@ struct vmwkvm_memfault {
 	pthread_cond_t gc_cond;
 	struct mf_table *retired;
 	atomic_int grace_waiters;    /* writers waiting for retired tables to drain */
+	uint64_t gen;                /* generation of the last table published (under wlock) */
 	struct mf_region *deferred;  /* removed regions to release once mf->retired is empty */
 
 	/* protection changes and userfaultfd registrations */

@@ -55,7 +55,9 @@
  *   Handlers with ::VMWKVM_MF_ACCESS_REMOVE are told about each remove event.
  * - *Events unread*: while a remove event is unread, resolution ioctls fail with EAGAIN;
  *   the library then reads the pending events and retries. A UFFDIO_COPY that finds the
- *   page already present (EEXIST) counts as resolved and the waiters are woken.
+ *   page already present (EEXIST) counts as resolved and the waiters are woken. Note that
+ *   the kernel makes a MADV_DONTNEED/MADV_REMOVE caller on a registered region wait until
+ *   its remove event is read: keep the descriptor served (service thread or event loop).
  *
  * @par Concurrency and lifetime
  * The region and handler tables are immutable snapshots replaced copy-on-write; readers

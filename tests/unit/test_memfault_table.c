@@ -541,6 +541,56 @@ START_TEST(handler_removes_its_range_and_region)
 }
 END_TEST
 
+/* A handler changes the tables while another thread waits for that handler's grace period
+ * (the waiter must not hold the writers' lock meanwhile). */
+static int changing_handler(vmwkvm_memfault *m, const struct vmwkvm_mf_record *rec, struct vmwkvm_mf_action *act,
+			    void *ctx)
+{
+	(void)rec;
+	(void)act;
+	struct block_ctx *c = ctx;
+	atomic_store(&c->entered, 1);
+	while (!atomic_load(&c->release))
+		sched_yield();
+	struct vmwkvm_mf_range r = mf_range(GPA0 + 0x800, 0x10, VMWKVM_MF_ACCESS_WRITE, nop_handler, NULL);
+	ck_assert_int_eq(vmwkvm_memfault_add_range(m, &r), 0);
+	ck_assert_int_eq(vmwkvm_memfault_remove_range(m, GPA0 + 0x800, 0x10), 0);
+	atomic_store(&c->exited, 1);
+	return 0;
+}
+
+START_TEST(handler_changes_tables_during_grace)
+{
+	uint8_t *mem = mf_anon(PG);
+	struct vmwkvm_mf_region reg = mf_region(GPA0, mem, PG, VMWKVM_MF_MEM_ANON);
+	ck_assert_int_eq(vmwkvm_memfault_add_region(mf, &reg), 0);
+	struct block_ctx c;
+	memset(&c, 0, sizeof(c));
+	struct vmwkvm_mf_range r = mf_range(GPA0, 0x100, VMWKVM_MF_ACCESS_WRITE, changing_handler, &c);
+	struct vmwkvm_mf_range other = mf_range(GPA0 + 0x400, 0x100, VMWKVM_MF_ACCESS_WRITE, nop_handler, NULL);
+	ck_assert_int_eq(vmwkvm_memfault_add_range(mf, &r), 0);
+	ck_assert_int_eq(vmwkvm_memfault_add_range(mf, &other), 0);
+	struct vcpu_arg va = { .mf = mf, .gpa = GPA0 + 16 };
+	pthread_t vt, rt;
+	ck_assert_int_eq(pthread_create(&vt, NULL, vcpu_main, &va), 0);
+	while (!atomic_load(&c.entered))
+		sched_yield();
+	struct remover_arg ra = { .mf = mf, .gpa = GPA0 + 0x400, .size = 0x100, .c = &c };
+	ck_assert_int_eq(pthread_create(&rt, NULL, remover_main, &ra), 0);
+	while (!atomic_load(&ra.calling))
+		sched_yield();
+	for (int i = 0; i < 1000; i++)
+		sched_yield();
+	atomic_store(&c.release, 1); /* the handler now adds and removes a range */
+	pthread_join(vt, NULL);
+	pthread_join(rt, NULL);
+	ck_assert_int_eq(va.result, VMWKVM_MF_EXIT_HANDLED);
+	ck_assert_int_eq(ra.result, 0);
+	ck_assert_int_eq(ra.exited_at_return, 1);
+	munmap(mem, PG);
+}
+END_TEST
+
 /* Many vCPU threads dispatch while another thread keeps adding and removing ranges. */
 struct churn_arg {
 	vmwkvm_memfault *mf;
@@ -714,6 +764,7 @@ static Suite *suite(void)
 	tcase_add_test(r, remove_range_waits_for_handler);
 	tcase_add_test(r, remove_region_waits_for_handler);
 	tcase_add_test(r, handler_removes_its_range_and_region);
+	tcase_add_test(r, handler_changes_tables_during_grace);
 	tcase_add_test(r, churn_ranges_while_dispatching);
 	suite_add_tcase(s, r);
 	TCase *p = tcase_create("mprotect");
