@@ -1212,6 +1212,12 @@ static int populate_for_wp(struct vmwkvm_memfault *mf, struct mf_region *r, uint
 		return -EOPNOTSUPP;
 	}
 	uint8_t *hva = r->hva + (gpa - r->gpa);
+	if ((r->uffd_modes & UFFDIO_REGISTER_MODE_MISSING) && vk_mf_in_dispatch(mf)) {
+		/* populating may take MISSING faults, which only this very thread could serve */
+		vk_warn("memfault: cannot populate GPA 0x%llx for write protection from a handler on the "
+			"userfaultfd service thread", (unsigned long long)gpa);
+		return -EDEADLK;
+	}
 	if (madvise(hva, len, MADV_POPULATE_READ) < 0) {
 		if (errno != EINVAL)
 			return -errno;

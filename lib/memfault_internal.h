@@ -271,6 +271,8 @@ int vk_mf_uffd_copy(struct vmwkvm_memfault *mf, uint64_t hva, const void *src, u
 void vk_mf_uffd_forget(struct vmwkvm_memfault *mf, uint64_t hva, uint64_t len);
 int vk_mf_uffd_ensure_fds(struct vmwkvm_memfault *mf);
 void vk_mf_svc_stop_all(struct vmwkvm_memfault *mf);
+/* true on the thread serving userfaultfd for mf (inside vmwkvm_memfault_dispatch) */
+bool vk_mf_in_dispatch(const struct vmwkvm_memfault *mf);
 /* test hook: features the library must pretend the kernel lacks (set before new()) */
 void vk_mf_test_mask_features(uint64_t mask);
 uint64_t vk_mf_test_masked_features(void);

@@ -38,6 +38,11 @@ uint64_t vk_mf_test_masked_features(void)
 	return atomic_load(&test_feature_mask);
 }
 
+bool vk_mf_in_dispatch(const struct vmwkvm_memfault *mf)
+{
+	return tl_serving == mf;
+}
+
 /* ------------------------------------------------------------------ opening */
 
 #define MF_WANTED_FEATURES                                                                                  \
@@ -569,7 +574,7 @@ static int handle_one(struct vmwkvm_memfault *mf, const struct mf_pending *e)
 		if (err == 0)
 			err = vk_mf_unprotect_region(mf, r, gpa, ps, false);
 	} else if (minor) {
-		bool keep = (s & PST_WP) && vk_mf_keep_protection(&f, gpa, ps);
+		bool keep = (s & PST_WP) && !(s & PST_MPROT) && vk_mf_keep_protection(&f, gpa, ps);
 		if (any_fill(&f)) {
 			if (!r->alias) {
 				vk_warn("memfault: MINOR fault at GPA 0x%llx: cannot fill without an alias mapping",
@@ -584,7 +589,8 @@ static int handle_one(struct vmwkvm_memfault *mf, const struct mf_pending *e)
 		if (err >= 0 && !keep && (s & PST_PROT))
 			err = vk_mf_unprotect_region(mf, r, gpa, ps, false);
 	} else {
-		bool keep = (s & PST_WP) && vk_mf_keep_protection(&f, gpa, ps);
+		/* keeping the protection through the fill needs userfaultfd WP on this page */
+		bool keep = (s & PST_WP) && !(s & PST_MPROT) && vk_mf_keep_protection(&f, gpa, ps);
 		bool fill = compose(&f, gpa, ps, mf->scratch);
 		if (!fill && !keep && !(s & PST_PROT)) {
 			err = uffd_zeropage(mf, page_hva, ps);

@@ -545,7 +545,9 @@ VMWKVM_API int vmwkvm_memfault_handle_run(vmwkvm_memfault *mf, struct kvm_run *r
  * @return the mechanism used (enum vmwkvm_mf_mechanism; with several regions, that of the
  *         last one); -EINVAL (NULL @p mf, unaligned or empty range, bad @p kind),
  *         -ENOENT (part of the range is not in a region), -EOPNOTSUPP (see
- *         ::VMWKVM_MF_OPT_NO_POPULATE), -EAGAIN (events stayed unread), or the negative
+ *         ::VMWKVM_MF_OPT_NO_POPULATE), -EDEADLK (the range would have to be populated and
+ *         the caller is a handler on the userfaultfd service thread, which would wait for
+ *         itself), -EAGAIN (events stayed unread), or the negative
  *         errno of UFFDIO_REGISTER/UFFDIO_WRITEPROTECT/mprotect(). On failure part of the
  *         range may be protected: vmwkvm_memfault_protection() tells.
  * @par Thread-safety
