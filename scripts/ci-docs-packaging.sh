@@ -133,6 +133,22 @@ if [[ $built -eq 1 ]]; then
 			;;
 		esac
 	done <"$PKG/vmwkvm-tools.contents"
+	# and every manual page of section 1 has its program
+	# shellcheck disable=SC2094 # the contents file is only read
+	while read -r f; do
+		case $f in /usr/share/man/man1/*.1.gz)
+			n=${f#/usr/share/man/man1/}
+			n=${n%.1.gz}
+			grep -q "^/usr/bin/$n\$" "$PKG/vmwkvm-tools.contents" || bad "manual page $f without /usr/bin/$n"
+			;;
+		esac
+	done <"$PKG/vmwkvm-tools.contents"
+	for demo in vmwkvm-snapshot-demo vmwkvm-restore-demo; do
+		if [[ -d "$ROOT/examples/${demo#vmwkvm-}" ]]; then
+			expect vmwkvm-tools "^/usr/bin/$demo\$"
+			expect vmwkvm-tools "^/usr/share/man/man1/$demo\.1\.gz\$"
+		fi
+	done
 	for p in libvmwkvm0 libvmwkvm-dev vmwkvm-tools; do
 		echo "$p: $(wc -l <"$PKG/$p.contents") files"
 	done
