@@ -94,8 +94,8 @@ static void msg(const char *fmt, ...)
 	fprintf(stderr, PROG ": %s\n", line);
 }
 
-/* Library log: stderr, except while a policy request runs (then the reason is captured so
- * that the failure can be reported on one line). */
+/* Library log: stderr, except while a policy request runs without -v (then warnings are
+ * held back so that a refusal is reported on one line). */
 static struct {
 	pthread_mutex_t lock;
 	bool capture;
@@ -107,9 +107,10 @@ static void log_cb(int level, const char *text, void *ctx)
 	(void)ctx;
 	static const char *const names[] = {"error", "warning", "info", "debug"};
 	pthread_mutex_lock(&g_log.lock);
-	if (g_log.capture && level <= VMWKVM_LOG_WARN) {
-		snprintf(g_log.captured, sizeof(g_log.captured), "%s", text);
-	} else if (!g_log.capture) {
+	if (g_log.capture) {
+		if (level <= VMWKVM_LOG_WARN)
+			snprintf(g_log.captured, sizeof(g_log.captured), "%s", text);
+	} else {
 		fprintf(stderr, PROG ": libvmwkvm %s: %s\n", (level >= 0 && level <= 3) ? names[level] : "log", text);
 	}
 	pthread_mutex_unlock(&g_log.lock);
@@ -227,7 +228,7 @@ static const char *origin_name(uint8_t origin)
 	case VMWKVM_ORIGIN_L2:
 		return "L2";
 	default:
-		return "L?";
+		return "origin unknown";
 	}
 }
 
@@ -405,8 +406,9 @@ static bool handle_exit(struct vcpu *v)
 		return true;
 	}
 	case KVM_EXIT_SHUTDOWN:
-		finish(m, MVM_EXIT_VM_ERROR, "vCPU %u: the guest shut down (triple fault) at %s", v->index,
-		       where(v, w, sizeof(w)));
+		/* AMD resets the vCPU at a shutdown, so the registers may no longer show the fault */
+		finish(m, MVM_EXIT_VM_ERROR, "vCPU %u: the guest shut down (triple fault); registers afterwards: %s",
+		       v->index, where(v, w, sizeof(w)));
 		return true;
 	case KVM_EXIT_INTERNAL_ERROR:
 		finish(m, MVM_EXIT_VM_ERROR, "vCPU %u: KVM internal error %u (%s) at %s", v->index,
@@ -673,22 +675,31 @@ static uint32_t policy_flags(uint32_t mvm)
 	return f;
 }
 
-/* Returns 0, or an exit status after printing one line. */
+/*
+ * Returns 0, or an exit status after printing one line. The library explains a refusal
+ * through the log callback; without -v that text is held back so that the refusal stays
+ * one line (with -v it is printed as it comes, before our line).
+ */
 static int apply_policy(struct vmm *m)
 {
 	uint32_t flags = policy_flags(m->opt.policy);
 	char text[64];
 	vmwkvm_policy_flags_format(flags, text, sizeof(text));
-	pthread_mutex_lock(&g_log.lock);
-	g_log.capture = true;
-	g_log.captured[0] = '\0';
-	pthread_mutex_unlock(&g_log.lock);
+	bool quiet = m->opt.verbose == 0;
+	if (quiet) {
+		pthread_mutex_lock(&g_log.lock);
+		g_log.capture = true;
+		g_log.captured[0] = '\0';
+		pthread_mutex_unlock(&g_log.lock);
+	}
 	int r = vmwkvm_vm_set_vmware_policy(m->vm, flags);
-	pthread_mutex_lock(&g_log.lock);
-	g_log.capture = false;
-	char reason[sizeof(g_log.captured)];
-	snprintf(reason, sizeof(reason), "%s", g_log.captured);
-	pthread_mutex_unlock(&g_log.lock);
+	bool explained = false;
+	if (quiet) {
+		pthread_mutex_lock(&g_log.lock);
+		g_log.capture = false;
+		explained = g_log.captured[0] != '\0';
+		pthread_mutex_unlock(&g_log.lock);
+	}
 	if (r == 0) {
 		if (m->opt.verbose)
 			msg("VMware policy in force: %s", text);
@@ -699,12 +710,12 @@ static int apply_policy(struct vmm *m)
 	p.sz = sizeof(p);
 	vmwkvm_vm_get_vmware_policy(m->vm, &p);
 	const char *param = p.module_param == VMWKVM_PARAM_ON ? "Y" : p.module_param == VMWKVM_PARAM_OFF ? "N" : "unreadable";
+	const char *more = explained ? "; -v shows the library's reasons" : "";
 	if (r == -EOPNOTSUPP)
-		msg("--vmware-policy %s: this kernel cannot do it (dialect %s, kvm.enable_vmware_backdoor=%s)%s%s", text,
-		    vmwkvm_dialect_name(p.dialect), param, reason[0] ? ": " : "", reason);
+		msg("--vmware-policy %s: this kernel cannot do it (dialect %s, kvm.enable_vmware_backdoor=%s%s)", text,
+		    vmwkvm_dialect_name(p.dialect), param, more);
 	else
-		msg("--vmware-policy %s: %s (dialect %s)%s%s", text, vmwkvm_strerror(r), vmwkvm_dialect_name(p.dialect),
-		    reason[0] ? ": " : "", reason);
+		msg("--vmware-policy %s: %s (dialect %s%s)", text, vmwkvm_strerror(r), vmwkvm_dialect_name(p.dialect), more);
 	return r == -EOPNOTSUPP ? MVM_EXIT_UNAVAILABLE : MVM_EXIT_VM_ERROR;
 }
 
