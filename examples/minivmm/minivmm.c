@@ -14,7 +14,9 @@
  *
  * Devices: port 0x3F8 console (stdout), port 0xF4 exit device. See vmwkvm-minivmm(1).
  */
+#ifndef _GNU_SOURCE
 #define _GNU_SOURCE
+#endif
 #include <vmwkvm/vmwkvm.h>
 
 #include <errno.h>
