@@ -3,9 +3,9 @@
  * Guest of vmwkvm-restore-demo: checks the RAM it was restored with.
  * Entered in flat 32-bit protected mode with EBX = vCPU id, ECX = vCPU count,
  * ESI = first data page (GPA), EDI = end of RAM, ESP = its own stack.
- * vCPU i reads every dword of pages i, i + n, ... of the data area: each must satisfy
- * (value >> 8) == (address >> 12) (the pattern of ../snapshot-demo/snapfile.h); it also
- * adds all the dwords up (32 bits, wrapping).
+ * vCPU i reads every dword of pages i, i + n, ... of the data area: each must be 0 (never
+ * written before the snapshot) or satisfy (value >> 8) == (address >> 12) (the pattern of
+ * ../snapshot-demo/snapfile.h); it also adds all the dwords up (32 bits, wrapping).
  * Reports OUT 0xF4 EAX = number of dwords that break the pattern, then OUT 0xF7
  * EAX = the sum, then halts.
  */
@@ -29,6 +29,8 @@ page:
 dword:
 	movl	(%edx,%ecx,4), %eax
 	addl	%eax, (%esp)
+	testl	%eax, %eax
+	jz	1f
 	shrl	$8, %eax
 	cmpl	%edi, %eax
 	je	1f

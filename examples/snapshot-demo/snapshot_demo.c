@@ -81,7 +81,17 @@ static void save_page(struct saver *s, size_t p, const uint8_t *src, bool from_f
 {
 	uint8_t expect = 0;
 	if (atomic_compare_exchange_strong(&s->st[p], &expect, 1)) {
-		const uint8_t *from = src ? src : s->d->ram + p * DEMO_PG;
+		/* Copy the page out first. The guest cannot change it meanwhile (it is write
+		 * protected; a write waits for this handler), an order the kernel keeps and a race
+		 * detector cannot see: hence relaxed atomic loads. */
+		uint64_t copy[DEMO_PG / 8];
+		const uint8_t *from = src;
+		if (!from) {
+			const uint64_t *g = (const uint64_t *)(const void *)(s->d->ram + p * DEMO_PG);
+			for (size_t i = 0; i < DEMO_PG / 8; i++)
+				copy[i] = __atomic_load_n(&g[i], __ATOMIC_RELAXED);
+			from = (const uint8_t *)copy;
+		}
 		off_t off = (off_t)(SNAP_DATA_OFFSET + p * DEMO_PG);
 		size_t done = 0;
 		while (done < DEMO_PG) {
