@@ -7,6 +7,12 @@ set(VMWKVM_GUEST_DIR ${PROJECT_BINARY_DIR}/guests)
 file(MAKE_DIRECTORY ${VMWKVM_GUEST_DIR})
 find_program(VMWKVM_LD NAMES ld ld.bfd REQUIRED)
 find_program(VMWKVM_OBJCOPY NAMES objcopy REQUIRED)
+# Guests are one flat RWX image by design; silence binutils >= 2.39's warning about it.
+execute_process(COMMAND ${VMWKVM_LD} --help OUTPUT_VARIABLE _vmwkvm_ld_help ERROR_QUIET)
+set(VMWKVM_GUEST_LDFLAGS "")
+if(_vmwkvm_ld_help MATCHES "no-warn-rwx-segments")
+  set(VMWKVM_GUEST_LDFLAGS --no-warn-rwx-segments)
+endif()
 
 function(vmwkvm_add_guest)
   cmake_parse_arguments(G "" "NAME;SOURCE;LOAD" "DEPENDS" ${ARGN})
@@ -17,7 +23,7 @@ function(vmwkvm_add_guest)
   add_custom_command(OUTPUT ${bin}
     COMMAND ${CMAKE_C_COMPILER} -m32 -c -x assembler-with-cpp -nostdinc
             -I${PROJECT_SOURCE_DIR}/tests/kvm/guests -o ${obj} ${src}
-    COMMAND ${VMWKVM_LD} -m elf_i386 -nostdlib -static -N -e 0 -Ttext=${G_LOAD} -o ${elf} ${obj}
+    COMMAND ${VMWKVM_LD} -m elf_i386 ${VMWKVM_GUEST_LDFLAGS} -nostdlib -static -N -e 0 -Ttext=${G_LOAD} -o ${elf} ${obj}
     COMMAND ${VMWKVM_OBJCOPY} -O binary ${elf} ${bin}
     DEPENDS ${src} ${G_DEPENDS}
     IMPLICIT_DEPENDS C ${src}
