@@ -51,7 +51,7 @@ abi_dump() {
 	# the generated version.h lives in the build tree; it declares no types, only macros
 	abidw --headers-dir "$VMWKVM_ROOT/include/vmwkvm" \
 		--drop-private-types --no-corpus-path --no-comp-dir-path --no-show-locs \
-		--type-id-style hash --out-file "$2" "$1" || die "abidw failed on $1"
+		--type-id-style hash --exported-interfaces-only --out-file "$2" "$1" || die "abidw failed on $1"
 }
 
 # abi_compare OLD.abi NEW.abi: prints abidiff's report and returns

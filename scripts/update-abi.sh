@@ -55,15 +55,18 @@ if [ -f "$baseline" ]; then
 	rc=0
 	abi_compare "$baseline" "$tmp/new.abi" >"$tmp/report" || rc=$?
 	if [ $rc -eq 0 ]; then
+		# no ABI difference: keep the file, so that a rebuild that only reorders the
+		# description does not show up as a change
 		echo "abi/$soname.abi: unchanged"
 	else
 		echo "abi/$soname.abi: updated ($( [ $rc -eq 4 ] && echo additions only || echo "CHANGED, status $rc" )):"
 		sed 's/^/  /' "$tmp/report"
+		cp "$tmp/new.abi" "$baseline"
 	fi
 else
 	echo "abi/$soname.abi: new baseline"
+	cp "$tmp/new.abi" "$baseline"
 fi
-cp "$tmp/new.abi" "$baseline"
 
 # Debian symbols file: one entry per exported symbol and per version node; the minimum
 # version of a symbol is the version of its node (VMWKVM_X.Y -> X.Y.0).
