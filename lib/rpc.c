@@ -943,13 +943,17 @@ static void rpc_hb(struct vmwkvm_rpc *rpc, const struct vmwkvm_call *call, const
 	struct rpc_chan *c = chan_get(rpc, id);
 	uint16_t status = ST_FAIL;
 	bool done = false;
-	if (!c) {
+	if (c && !(in ? cookie_ok(c, g->esi, g->ebp) : cookie_ok(c, g->ebp, g->edi))) {
+		/* not the channel's owner: fail this piece without touching the channel */
+		vk_debug("rpc: channel %u: bad cookie on an HB piece", id);
+		c = NULL;
+	} else if (!c) {
 		vk_debug("rpc: HB piece on channel %u, which is not open", id);
+	}
+	if (!c) {
+		/* failure answer below */
 	} else if (!rpc->hb || call->command != RPC_HB_CMD_MESSAGE ||
 		   (call->direction != VMWKVM_DIR_IN && call->direction != VMWKVM_DIR_OUT)) {
-		hb_fail(c, ST_FAIL);
-	} else if (!(in ? cookie_ok(c, g->esi, g->ebp) : cookie_ok(c, g->ebp, g->edi))) {
-		vk_debug("rpc: channel %u: bad cookie on an HB piece", id);
 		hb_fail(c, ST_FAIL);
 	} else if (!(call->hb_flags & VMWKVM_HB_FIRST) && c->hb_state == HB_FAILED) {
 		/* the rest of a refused transfer */

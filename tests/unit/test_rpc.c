@@ -444,6 +444,54 @@ START_TEST(bad_cookie_refused_every_call)
 }
 END_TEST
 
+/* A piece with a bad cookie (another guest process on a cookie channel) must not disturb
+ * the owner's HB transfer in progress, in either direction. */
+START_TEST(hb_bad_cookie_piece_changes_nothing)
+{
+	struct gch g = gopen(RPCI, true);
+	struct gch bad = g;
+	bad.lo ^= 1;
+	bad.hi ^= 1;
+	static uint8_t msg[26], junk[26];
+	memcpy(msg, INFO_SET, 26);
+	memset(junk, 'X', sizeof(junk));
+	ck_assert_uint_eq(lb(VMWKVM_RPC_SENDSIZE, 26, &g), 0x00810000u);
+	struct vmwkvm_call c = hbcall(false, &g, 0, 10, 26, msg);
+	hbc(&c);
+	/* intruder pieces: a middle one, then one that ends its "transfer" */
+	c = hbcall(false, &bad, 10, 6, 26, junk);
+	c.hb_flags = 0;
+	hbc(&c);
+	c = hbcall(false, &bad, 10, 16, 26, junk);
+	hbc(&c);
+	ck_assert_uint_eq(R.ebx >> 16, 0);
+	/* the owner's transfer completes unharmed */
+	c = hbcall(false, &g, 10, 16, 26, msg + 10);
+	hbc(&c);
+	ck_assert_uint_eq(R.ebx >> 16, 1);
+	ck_assert_int_eq(seen_calls, 1);
+	ck_assert_str_eq(seen_args, "guestinfo.foo bar");
+
+	/* receive the reply "1 " in two pieces with an intruder between them */
+	ck_assert_uint_eq(lb(VMWKVM_RPC_RECVSIZE, 0, &g), 0x00830000u);
+	ck_assert_uint_eq(R.ebx, 2);
+	uint8_t out[2] = {0xEE, 0xEE};
+	c = hbcall(true, &g, 0, 1, 2, out);
+	hbc(&c);
+	c = hbcall(true, &bad, 1, 1, 2, junk);
+	hbc(&c);
+	ck_assert_uint_eq(R.ebx >> 16, 0);
+	ck_assert_ptr_null(R.hb_data);
+	ck_assert_uint_eq(junk[0], 'X');
+	c = hbcall(true, &g, 1, 1, 2, out + 1);
+	hbc(&c);
+	ck_assert_uint_eq(R.ebx >> 16, 1);
+	ck_assert_mem_eq(out, "1 ", 2);
+	ck_assert_uint_eq(lb(VMWKVM_RPC_RECVSTATUS, 1, &g), 0x00010000u);
+	ck_assert_uint_eq(lb(VMWKVM_RPC_CLOSE, 0, &g), 0x00010000u);
+}
+END_TEST
+
 START_TEST(bad_channel_id)
 {
 	struct gch g = gopen(RPCI, false);
@@ -1215,6 +1263,7 @@ static Suite *suite(void)
 	tcase_add_test(x, no_cookie_channel_ignores_esi_edi);
 	tcase_add_test(x, ipxe_passes_reply_id_back);
 	tcase_add_test(x, bad_cookie_refused_every_call);
+	tcase_add_test(x, hb_bad_cookie_piece_changes_nothing);
 	tcase_add_test(x, bad_channel_id);
 	tcase_add_test(x, open_unknown_protocol);
 	tcase_add_test(x, out_of_order_subcommands);
