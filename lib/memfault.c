@@ -699,12 +699,16 @@ static void region_restore_mprotect(struct mf_region *r)
 
 static void region_release(struct vmwkvm_memfault *mf, struct mf_region *r, bool unregister)
 {
-	/* faults queued for it are answered by the unregistration (it wakes their threads) */
-	vk_mf_uffd_forget(mf, (uint64_t)(uintptr_t)r->hva, r->size);
 	pthread_mutex_lock(&mf->prot_lock);
 	r->dead = true;
-	if (unregister && r->uffd_modes)
-		vk_mf_uffd_unregister(mf, r);
+	if (r->uffd_modes) {
+		/* faults queued for it are answered by the unregistration (it wakes their
+		 * threads). Only a registered region has any: an unregistered one may be a
+		 * refused add whose host range belongs to another region's parked faults. */
+		vk_mf_uffd_forget(mf, (uint64_t)(uintptr_t)r->hva, r->size);
+		if (unregister)
+			vk_mf_uffd_unregister(mf, r);
+	}
 	region_restore_mprotect(r);
 	pthread_mutex_unlock(&mf->prot_lock);
 	if (r->alias) {

@@ -467,6 +467,37 @@ START_TEST(failing_handler_parks_until_resolved)
 }
 END_TEST
 
+/* A region refused because it overlaps a known one in host address must not touch the
+ * faults parked for that known region: a RETRY-parked fault stays queued and is asked
+ * again at the next dispatch (else its thread would stay blocked forever). */
+START_TEST(refused_overlapping_region_keeps_parked_faults)
+{
+	uint8_t *mem = mf_anon(4 * PG);
+	add_anon(mem, 4 * PG);
+	struct mf_log log;
+	mf_log_init(&log, 0);
+	atomic_store(&log.retries_left, 1);
+	struct vmwkvm_mf_range rg = mf_range(GPA0, 4 * PG, VMWKVM_MF_ACCESS_MISSING, mf_log_handler, &log);
+	ck_assert_int_eq(vmwkvm_memfault_add_range(mf, &rg), 0);
+	int fd = vmwkvm_memfault_fd(mf);
+	struct mf_toucher t;
+	mf_touch_start(&t, mem + PG + 1, 1, false, 0);
+	wait_readable(fd);
+	ck_assert_int_eq(vmwkvm_memfault_dispatch(mf), 0);
+	ck_assert_int_eq(vmwkvm_memfault_pending(mf), 1);
+	/* same host memory under another GPA: refused, and nothing else changes */
+	struct vmwkvm_mf_region dup = mf_region(GPA0 + 0x100000, mem, 4 * PG, VMWKVM_MF_MEM_ANON);
+	ck_assert_int_eq(vmwkvm_memfault_add_region(mf, &dup), -EEXIST);
+	ck_assert_int_eq(vmwkvm_memfault_pending(mf), 1);
+	/* the parked fault is asked again and answered (default: a zero page) */
+	mf_serve_until_done(mf, &t);
+	ck_assert_int_eq(atomic_load(&log.calls), 2);
+	ck_assert_int_eq(t.got[0], 0);
+	ck_assert_int_eq(vmwkvm_memfault_pending(mf), 0);
+	munmap(mem, 4 * PG);
+}
+END_TEST
+
 /* RETRY keeps the thread blocked; the service thread asks again until the handler fills. */
 START_TEST(retry_then_fill_service_thread)
 {
@@ -697,6 +728,7 @@ static Suite *suite(void)
 	tcase_add_test(e, eagain_while_event_unread);
 	tcase_add_test(e, eexist_on_copy);
 	tcase_add_test(e, failing_handler_parks_until_resolved);
+	tcase_add_test(e, refused_overlapping_region_keeps_parked_faults);
 	tcase_add_test(e, retry_then_fill_service_thread);
 	tcase_add_test(e, region_removed_while_fault_pending);
 	tcase_add_test(e, own_event_loop);
