@@ -654,6 +654,16 @@ static int complete_invalid(struct vmwkvm_vcpu *vcpu, const struct vmwkvm_call *
 		if (call->invalid == VMWKVM_INVALID_HYPERCALL)
 			return 0; /* unknown payload: nothing the library may write */
 		struct vmwkvm_proposed_vmware_exit *x = vmwkvm_proposed_run_vmware(vcpu->run);
+		if (call->magic_ok && (call->hypercall_flags & VMWKVM_HCALL_FLAG_HB)) {
+			/* an HB request: the guest reads its status in EBX bits 31:16 (preloaded
+			 * with SUCCESS); clear it and keep the HB command in bits 15:0 */
+			struct vmwkvm_reply st = zero_reply;
+			st.set = VMWKVM_REPLY_EBX;
+			st.ebx = (uint16_t)call->rbx;
+			int e = write_regs(vcpu, st.set, &st, true, 0xFFFFFFFFu);
+			if (e < 0)
+				return e;
+		}
 		x->hcall.result = 0xFFFFFFFFu;
 		x->hcall.exception.inject = 0;
 		return 0;
@@ -672,7 +682,8 @@ int vmwkvm_exit_complete(vmwkvm_vcpu *vcpu, const struct vmwkvm_call *call, cons
 		return r;
 	struct vmwkvm_reply unsupported;
 	if (!reply) {
-		if (call->transport == VMWKVM_TRANSPORT_HB) {
+		if (call->transport == VMWKVM_TRANSPORT_HB ||
+		    (call->transport == VMWKVM_TRANSPORT_HYPERCALL && (call->hypercall_flags & VMWKVM_HCALL_FLAG_HB))) {
 			r = complete_invalid(vcpu, call);
 			vcpu->io_regs_valid = false;
 			return r;

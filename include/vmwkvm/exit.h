@@ -302,7 +302,7 @@ VMWKVM_API int vmwkvm_exit_decode(vmwkvm_vcpu *vcpu, struct vmwkvm_call *call);
  * @param vcpu  the vCPU
  * @param call  the call returned by vmwkvm_exit_decode() for the current exit
  * @param reply the answer; NULL means "unsupported": EAX = 0xFFFFFFFF, nothing else changes
- *              (for an HB piece: the transfer is refused as by vmwkvm_exit_complete_invalid())
+ *              (for an HB piece or an HB hypercall: refused as by vmwkvm_exit_complete_invalid())
  * @return 0; -EINVAL (NULL vcpu/call, an invalid call, a call that does not match the
  *         current exit (exit reason, port, direction, size, piece length), unknown bits in
  *         reply->set, an exception requested for a non-hypercall exit, a vector above 31,
@@ -323,7 +323,8 @@ VMWKVM_API int vmwkvm_exit_complete(vmwkvm_vcpu *vcpu, const struct vmwkvm_call 
  * if the piece is not the last, the rest of the transfer is discarded (its pieces decode
  * as invalid, ::VMWKVM_INVALID_HB_ABANDONED); at the last piece of a transfer that had
  * the magic, EBX bits 31:16 (the status) are cleared, so the guest sees no SUCCESS.
- * Hypercall: result = 0xFFFFFFFF, no exception; an unknown payload type is left alone.
+ * Hypercall: result = 0xFFFFFFFF, no exception; for an HB request (EDX flag HB) with the
+ * magic, EBX bits 31:16 (the status) are cleared as well. An unknown payload type is left alone.
  * @param vcpu the vCPU
  * @param call the ::VMWKVM_EXIT_INVALID call (or a call to refuse)
  * @return 0; -EINVAL (NULL argument, a call that does not match the current exit), or the

@@ -825,6 +825,42 @@ START_TEST(hypercall_invalid_completion)
 }
 END_TEST
 
+/* A refused HB request by hypercall (EDX flags HB): the guest reads its status in EBX
+ * bits 31:16 and preloaded SUCCESS there, so the refusal clears it, as on port 0x5659. */
+START_TEST(hypercall_hb_refusal_clears_status)
+{
+	for (int how = 0; how < 3; how++) {
+		struct vmwkvm_proposed_vmware_exit *x = hcall_exit(1, 3);
+		x->hcall.rbx = 0x00010000u;             /* HB MESSAGE, SUCCESS preloaded */
+		x->hcall.rdx = 0x0003u | (5u << 16);    /* HB | WRITE, channel 5 */
+		x->hcall.rcx = how == 2 ? 0 : 26;       /* 0: invalid length */
+		run->s.regs.regs.rbx = fk.regs.rbx = x->hcall.rbx;
+		run->s.regs.regs.rdx = fk.regs.rdx = x->hcall.rdx;
+		run->s.regs.regs.rcx = fk.regs.rcx = x->hcall.rcx;
+		struct kvm_regs before = *out_regs();
+		int d = vmwkvm_exit_decode(vcpu, &call);
+		if (how == 2) {
+			ck_assert_int_eq(d, VMWKVM_EXIT_INVALID);
+			ck_assert_uint_eq(call.invalid, VMWKVM_INVALID_HB_LENGTH);
+			ck_assert_int_eq(vmwkvm_exit_complete_invalid(vcpu, &call), 0);
+		} else {
+			ck_assert_int_eq(d, VMWKVM_EXIT_CALL);
+			if (how == 0)
+				ck_assert_int_eq(vmwkvm_exit_complete(vcpu, &call, NULL), 0);
+			else
+				ck_assert_int_eq(vmwkvm_exit_complete_invalid(vcpu, &call), 0);
+		}
+		ck_assert_uint_eq(x->hcall.result, 0xFFFFFFFFu);
+		ck_assert_uint_eq(x->hcall.exception.inject, 0);
+		ck_assert_uint_eq(out_regs()->rbx, 0); /* status without SUCCESS, command 0 kept */
+		ck_assert_uint_eq(out_regs()->rcx, before.rcx);
+		ck_assert_uint_eq(out_regs()->rdx, before.rdx);
+		ck_assert_uint_eq(out_regs()->rbp, before.rbp);
+		ck_assert_uint_eq(out_regs()->rip, before.rip);
+	}
+}
+END_TEST
+
 static Suite *suite(void)
 {
 	Suite *s = suite_create("exit_complete");
@@ -846,6 +882,7 @@ static Suite *suite(void)
 	tcase_add_test(sy, hypercall_complete);
 	tcase_add_test(sy, hypercall_inject);
 	tcase_add_test(sy, hypercall_invalid_completion);
+	tcase_add_test(sy, hypercall_hb_refusal_clears_status);
 	suite_add_tcase(s, sy);
 
 	TCase *io = tcase_create("ioctl");
@@ -857,6 +894,7 @@ static Suite *suite(void)
 	tcase_add_test(io, hb_in_pieces_ioctl);
 	tcase_add_test(io, hb_refused_by_vmm);
 	tcase_add_test(io, hypercall_complete);
+	tcase_add_test(io, hypercall_hb_refusal_clears_status);
 	suite_add_tcase(s, io);
 	return s;
 }
