@@ -175,7 +175,7 @@ VMWKVM_API void vmwkvm_backdoor_free(vmwkvm_backdoor *bd);
  * @param command ECX bits 15:0
  * @param fn      handler, or NULL to make the command unhandled again
  * @param ctx     passed to @p fn
- * @return 0, or -EINVAL (NULL @p bd).
+ * @return 0; -EINVAL (NULL @p bd), -ENOMEM (no room to register a command >= 256).
  * @par Thread-safety
  * Safe, also from inside a handler; a call already dispatched may still reach the
  * previous handler.
