@@ -483,6 +483,8 @@ void vmwkvm_memfault_free(vmwkvm_memfault *mf)
 	free(mf->pend);
 	free(mf->zero);
 	free(mf->scratch);
+	for (size_t i = 0; i < mf->nold_bufs; i++)
+		free(mf->old_bufs[i]);
 	pthread_rwlock_destroy(&mf->pin_lock);
 	pthread_mutex_destroy(&mf->wlock);
 	pthread_mutex_destroy(&mf->gc_lock);
@@ -647,24 +649,25 @@ int vmwkvm_memfault_add_region(vmwkvm_memfault *mf, const struct vmwkvm_mf_regio
 		return err;
 	}
 	if (r->page_size > mf->max_page) {
-		/* bigger zero/scratch buffers for huge pages (the dispatcher is not using them:
-		 * it only reads these pointers under uffd_lock, which we take) */
-		pthread_mutex_lock(&mf->uffd_lock);
-		uint8_t *z = aligned_alloc(r->page_size, r->page_size);
-		uint8_t *s = aligned_alloc(r->page_size, r->page_size);
+		/* bigger zero/scratch buffers for huge pages. Faults in progress (on the
+		 * serving thread, or resolve() callers) may still use the old ones: keep them
+		 * until the dispatcher is freed (page sizes at least double each time, so a
+		 * handful at most). No serving lock here: a handler may add regions. */
+		uint8_t *z = NULL, *s = NULL;
+		if (mf->nold_bufs + 2 <= sizeof(mf->old_bufs) / sizeof(mf->old_bufs[0])) {
+			z = aligned_alloc(r->page_size, r->page_size);
+			s = aligned_alloc(r->page_size, r->page_size);
+		}
 		if (z && s) {
 			memset(z, 0, r->page_size);
-			free(mf->zero);
-			free(mf->scratch);
-			mf->zero = z;
-			mf->scratch = s;
+			mf->old_bufs[mf->nold_bufs++] = atomic_exchange(&mf->zero, z);
+			mf->old_bufs[mf->nold_bufs++] = atomic_exchange(&mf->scratch, s);
 			mf->max_page = r->page_size;
 		} else {
 			free(z);
 			free(s);
 			err = -ENOMEM;
 		}
-		pthread_mutex_unlock(&mf->uffd_lock);
 		if (err) {
 			pthread_mutex_unlock(&mf->wlock);
 			table_free(c);
@@ -1386,6 +1389,7 @@ static int do_resolve(struct vmwkvm_memfault *mf, struct mf_region *r, uint64_t 
 {
 	const struct resolve_arg *a = arg;
 	uint64_t ps = r->page_size;
+	const uint8_t *zero = mf->zero; /* once: a region added meanwhile may replace it */
 	/* MISSING registered for handlers (not only as the guard): empty pages must be filled */
 	bool missing = (r->uffd_modes & UFFDIO_REGISTER_MODE_MISSING) && mf->uffd >= 0 &&
 		       (!r->guard || a->kind != VMWKVM_MF_ACT_UNPROTECT);
@@ -1395,7 +1399,7 @@ static int do_resolve(struct vmwkvm_memfault *mf, struct mf_region *r, uint64_t 
 		if (a->kind == VMWKVM_MF_ACT_FILL)
 			src = a->data + (pos - a->base);
 		else if (a->kind == VMWKVM_MF_ACT_ZERO || missing)
-			src = mf->zero;
+			src = zero;
 		if (!src)
 			continue;
 		if (missing) {

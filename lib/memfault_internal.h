@@ -146,9 +146,15 @@ struct vmwkvm_memfault {
 	struct mf_note *notes;     /* remove events not yet told to handlers */
 	size_t nnotes, capnotes;
 	atomic_int nparked;
-	uint8_t *zero;             /* zero buffer of max_page bytes */
-	uint8_t *scratch;          /* page composition buffer (under uffd_lock) */
-	size_t max_page;
+	/* Zero buffer and page composition buffer (the latter used under uffd_lock) of
+	 * max_page bytes. A region with bigger pages replaces them before it is published;
+	 * the old ones stay allocated until vmwkvm_memfault_free() (a thread may still use
+	 * them), so a user loads each pointer once per fault, after pinning the table. */
+	uint8_t *_Atomic zero;
+	uint8_t *_Atomic scratch;
+	size_t max_page;           /* under wlock */
+	void *old_bufs[64];        /* replaced buffers (under wlock); two per page-size step */
+	size_t nold_bufs;
 
 	/* service thread */
 	pthread_mutex_t svc_lock;

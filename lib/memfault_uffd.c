@@ -490,6 +490,8 @@ static int handle_one(struct vmwkvm_memfault *mf, const struct mf_pending *e)
 		return MFP_DONE;
 	}
 	uint64_t ps = r->page_size;
+	/* loaded once, after pinning: big enough for r's pages (see memfault_internal.h) */
+	uint8_t *zero = mf->zero, *scratch = mf->scratch;
 	uint64_t base = (uint64_t)(uintptr_t)r->hva;
 	uint64_t page_hva = e->hva & ~(ps - 1);
 	uint64_t gpa = r->gpa + (page_hva - base);
@@ -529,7 +531,7 @@ static int handle_one(struct vmwkvm_memfault *mf, const struct mf_pending *e)
 		f.data = r->alias ? r->alias + (gpa - r->gpa) : NULL;
 	} else {
 		f.flags |= VMWKVM_MF_FLAG_UNPOPULATED;
-		f.data = mf->zero;
+		f.data = zero;
 		if (s & PST_WP) {
 			/* the missing guard (or MISSING handlers) on a write-protected page */
 			f.access = VMWKVM_MF_ACCESS_MISSING | (write ? VMWKVM_MF_ACCESS_WRITE : VMWKVM_MF_ACCESS_READ);
@@ -591,13 +593,13 @@ static int handle_one(struct vmwkvm_memfault *mf, const struct mf_pending *e)
 	} else {
 		/* keeping the protection through the fill needs userfaultfd WP on this page */
 		bool keep = (s & PST_WP) && !(s & PST_MPROT) && vk_mf_keep_protection(&f, gpa, ps);
-		bool fill = compose(&f, gpa, ps, mf->scratch);
+		bool fill = compose(&f, gpa, ps, scratch);
 		if (!fill && !keep && !(s & PST_PROT)) {
 			err = uffd_zeropage(mf, page_hva, ps);
 			if (err == 1) /* a marker or a racing fill: place zeroes the other way */
-				err = vk_mf_uffd_copy(mf, page_hva, mf->zero, ps, false);
+				err = vk_mf_uffd_copy(mf, page_hva, zero, ps, false);
 		} else {
-			err = vk_mf_uffd_copy(mf, page_hva, mf->scratch, ps, keep);
+			err = vk_mf_uffd_copy(mf, page_hva, scratch, ps, keep);
 		}
 		if (err >= 0) {
 			pst_clear(r, gpa, PST_REMOVED);

@@ -498,6 +498,103 @@ START_TEST(refused_overlapping_region_keeps_parked_faults)
 }
 END_TEST
 
+/* ---- a region with bigger pages added while the zero/scratch buffers are in use ---- */
+#define HUGE_PG (2ull << 20)
+#define GPA_HUGE 0x40000000ull
+
+static uint8_t *huge_mem;
+static int add_huge_region(void)
+{
+	/* declared 2 MiB pages: the dispatcher grows its page buffers */
+	struct vmwkvm_mf_region r = mf_region(GPA_HUGE, huge_mem, HUGE_PG, VMWKVM_MF_MEM_ANON);
+	r.page_size = (uint32_t)HUGE_PG;
+	return vmwkvm_memfault_add_region(mf, &r);
+}
+
+static uint8_t *huge_map(void **base)
+{
+	void *p = mmap(NULL, 2 * HUGE_PG, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	ck_assert_ptr_ne(p, MAP_FAILED);
+	*base = p;
+	return (uint8_t *)(((uintptr_t)p + HUGE_PG - 1) & ~(uintptr_t)(HUGE_PG - 1));
+}
+
+static atomic_int copy_hook_calls;
+static atomic_int copy_hook_add_result;
+static int copy_hook_ioctl(void *ctx, int fd, unsigned long req, void *arg)
+{
+	if (req == UFFDIO_COPY && atomic_fetch_add(&copy_hook_calls, 1) == 0) {
+		/* another thread adds a region with bigger pages while the copy's source (the
+		 * library's zero page) is in use */
+		atomic_store(&copy_hook_add_result, add_huge_region());
+	}
+	return vmwkvm_sys_default_ops()->ioctl(ctx, fd, req, arg);
+}
+
+/* vmwkvm_memfault_resolve(ZERO) on MISSING-registered memory copies from the library's zero
+ * buffer; a region added meanwhile must not free that buffer under it (the page must
+ * come out zero, and nothing is read after free). */
+START_TEST(resolve_zero_while_bigger_pages_added)
+{
+	uint8_t *mem = mf_anon(4 * PG);
+	add_anon(mem, 4 * PG);
+	void *hbase;
+	huge_mem = huge_map(&hbase);
+	struct mf_log log;
+	mf_log_init(&log, 0);
+	struct vmwkvm_mf_range rg = mf_range(GPA0, 4 * PG, VMWKVM_MF_ACCESS_MISSING, mf_log_handler, &log);
+	ck_assert_int_eq(vmwkvm_memfault_add_range(mf, &rg), 0);
+	struct vmwkvm_sys_ops ops = *vmwkvm_sys_default_ops();
+	ops.ioctl = copy_hook_ioctl;
+	atomic_store(&copy_hook_calls, 0);
+	atomic_store(&copy_hook_add_result, 1);
+	vmwkvm_sys_set_ops(&ops);
+	int r = vmwkvm_memfault_resolve(mf, GPA0 + PG, PG, VMWKVM_MF_ACT_ZERO, NULL);
+	vmwkvm_sys_set_ops(NULL);
+	ck_assert_int_eq(r, 0);
+	ck_assert_int_eq(atomic_load(&copy_hook_add_result), 0);
+	for (size_t i = 0; i < PG; i++)
+		ck_assert_int_eq(mem[PG + i], 0);
+	ck_assert_int_eq(atomic_load(&log.calls), 0);
+	ck_assert_int_eq(vmwkvm_memfault_remove_region(mf, GPA_HUGE), 0);
+	munmap(hbase, 2 * HUGE_PG);
+	munmap(mem, 4 * PG);
+}
+END_TEST
+
+static int add_huge_handler(vmwkvm_memfault *m, const struct vmwkvm_mf_record *rec, struct vmwkvm_mf_action *act,
+			    void *ctx)
+{
+	(void)m;
+	(void)rec;
+	(void)act;
+	atomic_store((atomic_int *)ctx, add_huge_region());
+	return 0;
+}
+
+/* A handler on the serving thread may change the tables, also by adding a region whose
+ * pages are bigger than any before (no self-deadlock on the serving lock). */
+START_TEST(handler_adds_bigger_page_region)
+{
+	uint8_t *mem = mf_anon(4 * PG);
+	add_anon(mem, 4 * PG);
+	void *hbase;
+	huge_mem = huge_map(&hbase);
+	atomic_int added = 1;
+	struct vmwkvm_mf_range rg = mf_range(GPA0, 4 * PG, VMWKVM_MF_ACCESS_MISSING, add_huge_handler, &added);
+	ck_assert_int_eq(vmwkvm_memfault_add_range(mf, &rg), 0);
+	struct mf_toucher t;
+	mf_touch_start(&t, mem + 2 * PG + 3, 1, false, 0);
+	mf_serve_until_done(mf, &t);
+	ck_assert_int_eq(t.got[0], 0);
+	ck_assert_int_eq(atomic_load(&added), 0);
+	ck_assert_int_eq(vmwkvm_memfault_mechanism(mf, GPA_HUGE), vmwkvm_memfault_mechanism(mf, GPA0));
+	ck_assert_int_eq(vmwkvm_memfault_remove_region(mf, GPA_HUGE), 0);
+	munmap(hbase, 2 * HUGE_PG);
+	munmap(mem, 4 * PG);
+}
+END_TEST
+
 /* RETRY keeps the thread blocked; the service thread asks again until the handler fills. */
 START_TEST(retry_then_fill_service_thread)
 {
@@ -729,6 +826,8 @@ static Suite *suite(void)
 	tcase_add_test(e, eexist_on_copy);
 	tcase_add_test(e, failing_handler_parks_until_resolved);
 	tcase_add_test(e, refused_overlapping_region_keeps_parked_faults);
+	tcase_add_test(e, resolve_zero_while_bigger_pages_added);
+	tcase_add_test(e, handler_adds_bigger_page_region);
 	tcase_add_test(e, retry_then_fill_service_thread);
 	tcase_add_test(e, region_removed_while_fault_pending);
 	tcase_add_test(e, own_event_loop);
