@@ -167,9 +167,14 @@ static int handle_memory_fault(struct vmwkvm_memfault *mf, struct kvm_run *run, 
 	f.gpa = f.fault_gpa = gpa;
 	f.size = f.fault_size = covered;
 	struct mf_region *r0 = vk_mf_region_by_gpa(t, gpa);
-	if (r0->gpa + r0->size - gpa >= covered && !(vk_mf_pst(r0, gpa) & PST_ACC) &&
-	    !(vk_mf_pst(r0, gpa + covered - 1) & PST_ACC))
-		f.data = r0->hva + (gpa - r0->gpa);
+	if (r0->gpa + r0->size - gpa >= covered) {
+		/* readable only if no page of the span is access-protected */
+		bool readable = true;
+		for (uint64_t p = vk_mf_page_index(r0, gpa); readable && p <= vk_mf_page_index(r0, gpa + covered - 1); p++)
+			readable = !(atomic_load_explicit(&r0->pst[p], memory_order_acquire) & PST_ACC);
+		if (readable)
+			f.data = r0->hva + (gpa - r0->gpa);
+	}
 	if (f.source == VMWKVM_MF_SRC_KVM_USERFAULT)
 		f.data = NULL; /* not populated yet: what is there is not the guest's data */
 	if (vk_mf_pst(r0, gpa) & PST_PROT)

@@ -109,6 +109,24 @@ START_TEST(memory_fault_outside_or_across_ram)
 }
 END_TEST
 
+/* rec->data promises readable bytes of the whole record: a fault spanning pages of which
+ * one in the middle is access-protected (PROT_NONE) gets no data pointer. */
+START_TEST(memory_fault_data_null_when_a_page_is_unreadable)
+{
+	ck_assert_int_eq(vmwkvm_memfault_protect(mf, GPA0 + PG, PG, VMWKVM_MF_PROT_ACCESS), VMWKVM_MF_MECH_MPROTECT);
+	struct vmwkvm_mf_record rec;
+	mf_fake_memory_fault(&run, GPA0 + 0x10, 3 * PG - 0x20, 0);
+	ck_assert_int_eq(vmwkvm_memfault_handle_run(mf, &run, sizeof(run), -EFAULT, NULL, &rec), VMWKVM_MF_EXIT_HANDLED);
+	ck_assert_int_eq(atomic_load(&log_.n), 1);
+	ck_assert_ptr_null(log_.recs[0].data);
+	/* the default action lifted the protection: the same fault now has its bytes */
+	ck_assert_int_eq(vmwkvm_memfault_protection(mf, GPA0 + PG), VMWKVM_MF_PROT_NONE);
+	mf_fake_memory_fault(&run, GPA0 + 0x10, 3 * PG - 0x20, 0);
+	ck_assert_int_eq(vmwkvm_memfault_handle_run(mf, &run, sizeof(run), -EFAULT, NULL, &rec), VMWKVM_MF_EXIT_HANDLED);
+	ck_assert_ptr_eq(log_.recs[1].data, mem + 0x10);
+}
+END_TEST
+
 /* A mainline memory fault no handler covers is the VMM's (guest_memfd conversions). */
 START_TEST(memory_fault_unhandled_is_vmm_business)
 {
@@ -192,6 +210,7 @@ static Suite *suite(void)
 	tcase_add_test(t, memory_fault_needs_efault_or_hwpoison);
 	tcase_add_test(t, memory_fault_record_mainline);
 	tcase_add_test(t, memory_fault_outside_or_across_ram);
+	tcase_add_test(t, memory_fault_data_null_when_a_page_is_unreadable);
 	tcase_add_test(t, memory_fault_unhandled_is_vmm_business);
 	tcase_add_test(t, mmio_record);
 	tcase_add_test(t, default_action_option);
