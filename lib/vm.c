@@ -139,14 +139,20 @@ void vk_vm_decode_env(const struct vmwkvm_vm *vm, size_t run_size, struct vmwkvm
 
 static int vcpu_mmap_size(struct vmwkvm_vm *vm)
 {
+	/* under the VM lock: vCPUs may be wrapped from several threads at once, and the
+	 * policy code reads vm->kvm_fd under it */
+	pthread_mutex_lock(&vm->lock);
 	int kfd = vm->kvm_fd;
 	if (kfd < 0) {
 		kfd = vk_open("/dev/kvm", O_RDWR);
-		if (kfd < 0)
-			return kfd;
-		vm->kvm_fd = kfd;
-		vm->kvm_fd_owned = true;
+		if (kfd >= 0) {
+			vm->kvm_fd = kfd;
+			vm->kvm_fd_owned = true;
+		}
 	}
+	pthread_mutex_unlock(&vm->lock);
+	if (kfd < 0)
+		return kfd;
 	return vk_ioctl(kfd, KVM_GET_VCPU_MMAP_SIZE, NULL);
 }
 

@@ -4,7 +4,10 @@
 #include <fcntl.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <sys/mman.h>
+#include <time.h>
 
 #include "internal.h"
 #include "kmodel.h"
@@ -735,6 +738,76 @@ START_TEST(library_through_model)
 }
 END_TEST
 
+/* Two threads wrapping vCPUs of a VM that was given no /dev/kvm fd: the library opens
+ * /dev/kvm once (for KVM_GET_VCPU_MMAP_SIZE) and keeps it; concurrent calls must not
+ * both open it (one fd would leak, and vm->kvm_fd is read under the VM lock elsewhere). */
+static const struct vmwkvm_sys_ops *model_ops;
+static atomic_int kvm_opens;
+static int counting_open(void *ctx, const char *path, int flags)
+{
+	if (strcmp(path, "/dev/kvm") == 0 && atomic_fetch_add(&kvm_opens, 1) == 0) {
+		/* give a second caller the chance to arrive (bounded: never needed to pass) */
+		for (int i = 0; i < 200 && atomic_load(&kvm_opens) < 2; i++) {
+			struct timespec ts = { 0, 1000000 };
+			nanosleep(&ts, NULL);
+		}
+	}
+	return model_ops->open(ctx, path, flags);
+}
+
+struct vcpu_new_arg {
+	vmwkvm_vm *vm;
+	int fd;
+	vmwkvm_vcpu *vc;
+	int r;
+};
+
+static void *vcpu_new_main(void *p)
+{
+	struct vcpu_new_arg *a = p;
+	a->r = vmwkvm_vcpu_new(a->vm, a->fd, NULL, 0, NULL, &a->vc);
+	return NULL;
+}
+
+START_TEST(concurrent_vcpu_new_opens_kvm_once)
+{
+	setup_with(KMODEL_DIALECT_NONE);
+	int sys;
+	int vm = new_vm(&sys);
+	struct vmwkvm_vm_opts o = { .sz = sizeof(o), .dialect = "none" }; /* no kvm fd given */
+	vmwkvm_vm *h = NULL;
+	ck_assert_int_eq(vmwkvm_vm_new(vm, &o, &h), 0);
+	struct vcpu_new_arg a[2];
+	for (int i = 0; i < 2; i++) {
+		memset(&a[i], 0, sizeof(a[i]));
+		a[i].vm = h;
+		a[i].fd = vmwkvm_vm_create_vcpu(h, (unsigned long)i);
+		ck_assert_int_ge(a[i].fd, KMODEL_FD_BASE);
+	}
+	model_ops = vmwkvm_sys_ops_current();
+	struct vmwkvm_sys_ops ops = *model_ops;
+	ops.open = counting_open;
+	atomic_store(&kvm_opens, 0);
+	vmwkvm_sys_set_ops(&ops);
+	pthread_t th[2];
+	for (int i = 0; i < 2; i++)
+		ck_assert_int_eq(pthread_create(&th[i], NULL, vcpu_new_main, &a[i]), 0);
+	for (int i = 0; i < 2; i++)
+		pthread_join(th[i], NULL);
+	vmwkvm_sys_set_ops(model_ops);
+	for (int i = 0; i < 2; i++) {
+		ck_assert_int_eq(a[i].r, 0);
+		ck_assert_ptr_eq(vmwkvm_vcpu_kvm_run(a[i].vc), kmodel_vcpu_run_buffer(M, a[i].fd));
+	}
+	int opens = atomic_load(&kvm_opens);
+	ck_assert_int_eq(opens, 1);
+	for (int i = 0; i < 2; i++)
+		vmwkvm_vcpu_free(a[i].vc);
+	vmwkvm_vm_free(h);
+	teardown();
+}
+END_TEST
+
 static Suite *suite(void)
 {
 	Suite *s = suite_create("kmodel");
@@ -758,6 +831,7 @@ static Suite *suite(void)
 	tcase_add_test(t, vmcall_not_forwarded_is_mainline);
 	tcase_add_test(t, single_cap_hypercall_magic_only);
 	tcase_add_test(t, library_through_model);
+	tcase_add_test(t, concurrent_vcpu_new_opens_kvm_once);
 	suite_add_tcase(s, t);
 	return s;
 }
