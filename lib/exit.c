@@ -439,6 +439,13 @@ int vmwkvm_exit_decode(vmwkvm_vcpu *vcpu, struct vmwkvm_call *call)
 		/* fast path: straight from kvm_run (what vk_vcpu_read_cpu does, without
 		 * zeroing the whole struct first) */
 		const struct kvm_run *run = vcpu->run;
+		if ((run->kvm_valid_regs & (KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS)) !=
+		    (KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS)) {
+			/* the VMM cleared the bits: the synced copy is stale */
+			int r = vk_vcpu_refresh_sync(vcpu);
+			if (r < 0)
+				return r;
+		}
 		memcpy(&cpu.regs, &run->s.regs.regs, sizeof(cpu.regs));
 		memset(cpu.pad, 0, sizeof(cpu.pad));
 		vk_cpu_mode_from_sregs(&run->s.regs.sregs, cpu.regs.rflags, &cpu);

@@ -77,6 +77,9 @@ void vk_vm_decode_env(const struct vmwkvm_vm *vm, size_t run_size, struct vmwkvm
 /* Register access for the exit path (exit.c uses these) */
 int vk_vcpu_read_cpu(struct vmwkvm_vcpu *vcpu, struct vmwkvm_cpu_state *cpu);
 int vk_vcpu_write_regs(struct vmwkvm_vcpu *vcpu, const struct vmwkvm_regs *regs);
+/* Sync mode, when the VMM cleared REGS/SREGS from kvm_valid_regs: read them by ioctl into
+ * kvm_run (so the in-place completion stays right) and set the bits again. */
+int vk_vcpu_refresh_sync(struct vmwkvm_vcpu *vcpu);
 /* CPL/mode from segment registers (pure) */
 void vk_cpu_mode_from_sregs(const struct kvm_sregs *s, uint64_t rflags, struct vmwkvm_cpu_state *cpu);
 

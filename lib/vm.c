@@ -294,6 +294,25 @@ int vk_vcpu_read_cpu(struct vmwkvm_vcpu *vcpu, struct vmwkvm_cpu_state *cpu)
 	return 0;
 }
 
+int vk_vcpu_refresh_sync(struct vmwkvm_vcpu *vcpu)
+{
+	struct kvm_run *run = vcpu->run;
+	struct kvm_regs regs;
+	struct kvm_sregs sregs;
+	int r = vk_ioctl(vcpu->fd, KVM_GET_REGS, &regs);
+	if (r < 0)
+		return r;
+	r = vk_ioctl(vcpu->fd, KVM_GET_SREGS, &sregs);
+	if (r < 0)
+		return r;
+	run->s.regs.regs = regs;
+	run->s.regs.sregs = sregs;
+	run->kvm_valid_regs |= SYNC_NEEDED;
+	vk_warn("vCPU fd %d: kvm_valid_regs lost REGS/SREGS; registers read by ioctl and the bits set again",
+		vcpu->fd);
+	return 0;
+}
+
 int vk_vcpu_write_regs(struct vmwkvm_vcpu *vcpu, const struct vmwkvm_regs *regs)
 {
 	if (vcpu->regs_mode == VMWKVM_REGS_SYNC) {

@@ -267,8 +267,10 @@ VMWKVM_API int vmwkvm_exit_decode_raw(const struct kvm_run *run, const struct vm
  * Decode the vCPU's last exit (vmwkvm_exit_decode_raw() on the vCPU's kvm_run, the VM's
  * environment and the vCPU's HB state).
  *
- * Reads the registers through sync regs (no ioctl; the VMM must keep KVM_SYNC_X86_REGS and
- * KVM_SYNC_X86_SREGS in `run->kvm_valid_regs`, as vmwkvm_vcpu_new() set them) or
+ * Reads the registers through sync regs (no ioctl; the VMM should keep KVM_SYNC_X86_REGS and
+ * KVM_SYNC_X86_SREGS in `run->kvm_valid_regs`, as vmwkvm_vcpu_new() set them: if it cleared
+ * them, the synced copy is stale, so this exit's registers are read by KVM_GET_REGS and
+ * KVM_GET_SREGS into kvm_run, the bits are set again and a warning is logged) or
  * KVM_GET_REGS/KVM_GET_SREGS, and only for exits that can be backdoor accesses (the
  * backdoor ports, the hypercall exit). Updates the vCPU's HB transfer state.
  * A non-backdoor exit is returned as ::VMWKVM_EXIT_NOT_BACKDOOR and left untouched; its

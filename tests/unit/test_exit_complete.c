@@ -265,6 +265,26 @@ START_TEST(sync_lb_in_getversion)
 }
 END_TEST
 
+/* The VMM cleared the sync bits: kvm_run holds a stale copy (here: CPL0 garbage); the
+ * library must read the registers by ioctl, answer from them and re-arm the bits. */
+START_TEST(sync_valid_bits_cleared_falls_back_to_ioctl)
+{
+	run->kvm_valid_regs = 0;
+	memset(&run->s.regs.regs, 0x5A, sizeof(run->s.regs.regs));
+	prot32_sregs(&run->s.regs.sregs, 0);
+	set_io(KVM_EXIT_IO_IN, 4, 0x5658, 1);
+	ck_assert_int_eq(vmwkvm_exit_decode(vcpu, &call), VMWKVM_EXIT_CALL);
+	ck_assert_uint_eq(fk.n_get_regs, 1);
+	ck_assert_uint_eq(fk.n_get_sregs, 1);
+	ck_assert_uint_eq(call.cpl, 3); /* the kernel's CPL, not the stale copy's */
+	ck_assert_uint_eq(call.command, 10);
+	ck_assert_uint_eq(run->kvm_valid_regs & (KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS),
+			  KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS);
+	check_getversion_answer(true); /* every other register is the kernel's, not 0x5A.. */
+	ck_assert_uint_eq(fk.n_set_regs, 0);
+}
+END_TEST
+
 START_TEST(sync_lb_in_eax_only_writes_data_only)
 {
 	set_io(KVM_EXIT_IO_IN, 4, 0x5658, 1);
@@ -867,6 +887,7 @@ static Suite *suite(void)
 	TCase *sy = tcase_create("sync");
 	tcase_add_checked_fixture(sy, setup_sync, teardown);
 	tcase_add_test(sy, sync_lb_in_getversion);
+	tcase_add_test(sy, sync_valid_bits_cleared_falls_back_to_ioctl);
 	tcase_add_test(sy, sync_lb_in_eax_only_writes_data_only);
 	tcase_add_test(sy, sync_lb_in_no_register_keeps_eax);
 	tcase_add_test(sy, sync_lb_unsupported);
