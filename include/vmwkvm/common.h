@@ -56,7 +56,9 @@ typedef void (*vmwkvm_log_fn)(int level, const char *msg, void *ctx);
  * @return 0, or -EINVAL if @p max_level is not a valid level.
  * @par Thread-safety
  * Safe to call at any time; a message being delivered concurrently may still reach the
- * previous callback. Callbacks may be invoked from any thread that calls the library.
+ * previous callback. Callbacks may be invoked from any thread that calls the library, and
+ * possibly while the library holds one of its internal locks: a callback must not call
+ * back into libvmwkvm (copy the message and return).
  */
 VMWKVM_API int vmwkvm_set_log(vmwkvm_log_fn fn, void *ctx, int max_level);
 
