@@ -312,8 +312,9 @@ struct vmwkvm_mf_stats {
  * @param opts options, or NULL for defaults
  * @param out  receives the dispatcher
  * @return 0; -EINVAL (NULL @p out, bad @p opts, unknown mechanism/action/dialect bits),
- *         -ENOMEM, -EPERM (::VMWKVM_MF_OPT_REQUIRE_UFFD and userfaultfd not permitted), or
- *         the negative errno of opening userfaultfd (::VMWKVM_MF_OPT_REQUIRE_UFFD).
+ *         -ENOMEM, -EPERM (::VMWKVM_MF_OPT_REQUIRE_UFFD or mechanism ::VMWKVM_MF_MECH_UFFD_WP,
+ *         and userfaultfd not permitted), or the negative errno of opening userfaultfd (with
+ *         ::VMWKVM_MF_OPT_REQUIRE_UFFD or mechanism ::VMWKVM_MF_MECH_UFFD_WP).
  * @par Thread-safety
  * Safe.
  */
