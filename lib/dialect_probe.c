@@ -272,6 +272,11 @@ static void probe_rusin(int kvm_fd, const struct vmwkvm_proposed_numbers *n, boo
 	if (cand[1] && !r->hypercall_exit) {
 		cand[1] = false;
 		feat_set(&r->hypercall, VK_FEAT_ABSENT, "%s: no exit reason assigned for the VMware hypercall exit", dn);
+	} else if (cand[1] && automode && vmwkvm_mainline_exit_name(r->hypercall_exit)) {
+		/* exit 40 is KVM_EXIT_TDX upstream: never decode it as VMware unless asked by name */
+		cand[1] = false;
+		feat_set(&r->hypercall, VK_FEAT_ABSENT, "%s: exit %u is %s upstream; not used in auto mode", dn,
+			 r->hypercall_exit, vmwkvm_mainline_exit_name(r->hypercall_exit));
 	}
 	if (!cand[0]) {
 		/* without the backdoor cap the dialect cannot be confirmed: touch nothing */
@@ -442,6 +447,9 @@ static void probe_single(int kvm_fd, const struct vmwkvm_proposed_numbers *n, bo
 		} else if (i == 1 && !r->hypercall_exit) {
 			feat_set(f, VK_FEAT_ABSENT, "%s: no exit reason assigned for the VMware hypercall exit "
 						    "(VMWKVM_PROPOSED single.exit)", dn);
+		} else if (i == 1 && automode && vmwkvm_mainline_exit_name(r->hypercall_exit)) {
+			feat_set(f, VK_FEAT_ABSENT, "%s: exit %u is %s upstream; not used in auto mode", dn,
+				 r->hypercall_exit, vmwkvm_mainline_exit_name(r->hypercall_exit));
 		} else {
 			feat_set(f, VK_FEAT_PRESENT,
 				 "%s: confirmed on a scratch VM: KVM_CHECK_EXTENSION(%u) = 0x%llx, invalid bit rejected, "

@@ -264,6 +264,52 @@ START_TEST(rusin_overridden_numbers_confirmed_in_auto)
 }
 END_TEST
 
+/* Free cap numbers but the exit left at 40 (KVM_EXIT_TDX upstream): auto mode confirms the
+ * backdoor but never the hypercall exit, and enables nothing through 301; asked for by name,
+ * the same numbers are examined. */
+START_TEST(colliding_exit_number_not_used_in_auto)
+{
+	start(KMODEL_DIALECT_RUSIN_V2, rusin300);
+	struct vmwkvm_proposed_numbers n = nums_default();
+	n.rusin_cap_backdoor = 300;
+	n.rusin_cap_hypercall = 301;
+	n.rusin_cap_nested = 302;
+	n.rusin_exit_vmware = 40;
+	struct vk_dialect_report r;
+	ck_assert_int_eq(vk_dialect_probe(SYS, &n, VMWKVM_DIALECT_AUTO, &r), 0);
+	ck_assert(r.confirmed);
+	ck_assert_int_eq(r.backdoor.state, VK_FEAT_PRESENT);
+	ck_assert_int_eq(r.hypercall.state, VK_FEAT_ABSENT);
+	ASSERT_CONTAINS(r.hypercall.reason, "KVM_EXIT_TDX");
+	ck_assert_uint_eq(kmodel_log_count_req(M, 0, KVM_ENABLE_CAP, 301), 0);
+	kmodel_log_clear(M);
+	ck_assert_int_eq(vk_dialect_probe(SYS, &n, VMWKVM_DIALECT_RUSIN_V2, &r), 0);
+	ck_assert_int_eq(r.hypercall.state, VK_FEAT_PRESENT);
+	stop();
+}
+END_TEST
+
+static void single43_at_tdx(struct kmodel_config *c)
+{
+	c->single_exit = 40;
+}
+
+START_TEST(single_colliding_exit_not_used_in_auto)
+{
+	start(KMODEL_DIALECT_SINGLE_CAP, single43_at_tdx);
+	struct vmwkvm_proposed_numbers n = nums_default();
+	n.single_cap = 250;
+	n.single_exit = 40;
+	struct vk_dialect_report r;
+	ck_assert_int_eq(vk_dialect_probe(SYS, &n, VMWKVM_DIALECT_AUTO, &r), 0);
+	ck_assert(r.confirmed);
+	ck_assert_int_eq(r.backdoor.state, VK_FEAT_PRESENT);
+	ck_assert_int_eq(r.hypercall.state, VK_FEAT_ABSENT);
+	ASSERT_CONTAINS(r.hypercall.reason, "KVM_EXIT_TDX");
+	stop();
+}
+END_TEST
+
 START_TEST(rusin_missing_exit_number)
 {
 	start(KMODEL_DIALECT_RUSIN_V2, NULL);
@@ -475,6 +521,8 @@ static Suite *suite(void)
 	tcase_add_test(t, rusin_default_numbers_not_used_in_auto);
 	tcase_add_test(t, rusin_overridden_numbers_confirmed_in_auto);
 	tcase_add_test(t, rusin_missing_exit_number);
+	tcase_add_test(t, colliding_exit_number_not_used_in_auto);
+	tcase_add_test(t, single_colliding_exit_not_used_in_auto);
 	tcase_add_test(t, single_confirmed_in_auto);
 	tcase_add_test(t, single_partial_mask);
 	tcase_add_test(t, mainline_arm_auto_never_touches);
