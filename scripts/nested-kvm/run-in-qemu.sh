@@ -341,8 +341,13 @@ mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
 mkdir -p /dev/shm /dev/pts
 mount -t tmpfs tmpfs /dev/shm
-mount -t tmpfs tmpfs /tmp
-mount -t tmpfs tmpfs /run
+# the initramfs root is writable already; a tmpfs over /tmp or /run would hide a build
+# tree carried there (a CI clone under /tmp, say), so mount one only over an empty dir
+for d in /tmp /run; do
+	mkdir -p "$d"
+	[ -n "$(ls -A "$d" 2>/dev/null)" ] || mount -t tmpfs tmpfs "$d"
+done
+chmod 1777 /tmp
 ln -sf /proc/self/fd /dev/fd 2>/dev/null
 echo "[nested-kvm] guest up after $(cut -d' ' -f1 /proc/uptime) s, kernel $(uname -r)"
 EOF
