@@ -473,6 +473,12 @@ static void failure_answer(const struct vmwkvm_call *call, struct vmwkvm_reply *
 	}
 	r->set = VMWKVM_REPLY_EAX;
 	r->eax = 0xFFFFFFFFu;
+	if (call && call->command == VMWKVM_BDOOR_CMD_MESSAGE) {
+		/* MESSAGE guests read their status from ECX bits 31:16, where their own
+		 * sub-command still stands (SENDSIZE = 1 would read as SUCCESS): status 0 */
+		r->set |= VMWKVM_REPLY_ECX;
+		r->ecx = 0;
+	}
 }
 
 static void log_refusal(struct vmwkvm_backdoor *bd, const struct vmwkvm_call *call, uint16_t command,

@@ -30,7 +30,10 @@
  * 6. otherwise the failure answer.
  *
  * The **failure answer** of the protocol: EAX = 0xFFFFFFFF and no other register changes
- * (`reply->set == VMWKVM_REPLY_EAX`). On the high-bandwidth port (and for a high-bandwidth
+ * (`reply->set == VMWKVM_REPLY_EAX`). MESSAGE (0x1E) is the one low-bandwidth exception:
+ * its guests read the status from ECX bits 31:16, where their own sub-command number still
+ * stands (SENDSIZE's 1 would read as SUCCESS), so a refused or unsupported MESSAGE call also
+ * gets ECX = 0 (status 0, failure). On the high-bandwidth port (and for a high-bandwidth
  * request by hypercall, which the library does not implement) the guest reads its status
  * from EBX bits 31:16, and it preloads SUCCESS there, so the failure answer there is
  * EBX = 0 at the last piece (plus zero bytes for each REP INSB piece).

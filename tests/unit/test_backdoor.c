@@ -542,6 +542,33 @@ START_TEST(origin_filter_l2_user)
 }
 END_TEST
 
+/* A refused or unsupported MESSAGE must not leave the guest's own ECX in place: its high
+ * half is the sub-command, and SENDSIZE (1) / RECVSIZE (3) would read as SUCCESS(|DORECV). */
+START_TEST(refused_message_answers_status_zero)
+{
+	static const uint16_t allow[] = {VMWKVM_BDOOR_CMD_GETVERSION};
+	ck_assert_int_eq(vmwkvm_backdoor_filter_allow_only(bd, VMWKVM_BDOOR_FROM_L2_USER, allow, 1), 0);
+	for (uint16_t sub = 0; sub <= 6; sub++) {
+		struct vmwkvm_call c = mkcall(VMWKVM_BDOOR_CMD_MESSAGE, VMWKVM_ORIGIN_L2, 3);
+		c.subcommand = sub;
+		c.rcx = ((uint32_t)sub << 16) | VMWKVM_BDOOR_CMD_MESSAGE;
+		ck_assert_int_eq(handle(&c), VMWKVM_BACKDOOR_REFUSED);
+		ck_assert_uint_eq(R.set, R_EAX | R_ECX);
+		ck_assert_uint_eq(R.eax, 0xFFFFFFFFu);
+		ck_assert_uint_eq(R.ecx, 0);
+		/* no channel attached: unsupported, same answer */
+		c.origin = VMWKVM_ORIGIN_L1;
+		ck_assert_int_eq(handle(&c), VMWKVM_BACKDOOR_UNSUPPORTED);
+		ck_assert_uint_eq(R.set, R_EAX | R_ECX);
+		ck_assert_uint_eq(R.ecx, 0);
+	}
+	/* other commands keep the plain failure answer */
+	struct vmwkvm_call c = mkcall(0x4321, VMWKVM_ORIGIN_L1, 0);
+	ck_assert_int_eq(handle(&c), VMWKVM_BACKDOOR_UNSUPPORTED);
+	ck_assert_uint_eq(R.set, R_EAX);
+}
+END_TEST
+
 START_TEST(refusal_log_rate_limited)
 {
 	vmwkvm_backdoor_filter_set(bd, VMWKVM_BDOOR_FROM_ALL, 10, false);
@@ -564,9 +591,11 @@ START_TEST(message_routed_to_rpc)
 	c.subcommand = VMWKVM_RPC_OPEN;
 	c.rbx = VMWKVM_RPC_PROTO_RPCI | VMWKVM_RPC_FLAG_COOKIE;
 	c.rcx = 0x1E;
-	/* no channel attached: failure answer */
+	/* no channel attached: failure answer, with MESSAGE's status 0 in ECX */
 	ck_assert_int_eq(handle(&c), VMWKVM_BACKDOOR_UNSUPPORTED);
-	assert_failure();
+	ck_assert_uint_eq(R.set, R_EAX | R_ECX);
+	ck_assert_uint_eq(R.eax, 0xFFFFFFFFu);
+	ck_assert_uint_eq(R.ecx, 0);
 	vmwkvm_rpc *rpc;
 	ck_assert_int_eq(vmwkvm_rpc_new(NULL, &rpc), 0);
 	ck_assert_int_eq(vmwkvm_backdoor_set_rpc(bd, rpc), 0);
@@ -754,6 +783,7 @@ static Suite *suite(void)
 	tcase_add_test(f, cpl0_only_refused_from_user);
 	tcase_add_test(f, origin_classes);
 	tcase_add_test(f, origin_filter_l2_user);
+	tcase_add_test(f, refused_message_answers_status_zero);
 	tcase_add_test(f, refusal_log_rate_limited);
 	tcase_add_test(f, dispatch_while_reconfiguring);
 	suite_add_tcase(s, f);
