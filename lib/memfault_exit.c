@@ -85,6 +85,15 @@ static int apply_fills(struct vmwkvm_memfault *mf, const struct mf_table *t, con
 	return 0;
 }
 
+/* Turn f into a failure with error e, keeping the record as it stands now for the caller. */
+static void fail_fault(const struct vmwkvm_memfault *mf, const struct mf_table *t, struct mf_fault *f, int e)
+{
+	f->verdict = VMWKVM_MF_ACT_FAIL;
+	f->error = e;
+	vk_mf_fault_record(mf, t, f, &f->fail_rec);
+	f->fail_rec.error = e;
+}
+
 static int finish(const struct mf_fault *f, const struct mf_table *t, struct vmwkvm_memfault *mf,
 		  struct vmwkvm_mf_record *rec, int result)
 {
@@ -182,12 +191,8 @@ static int handle_memory_fault(struct vmwkvm_memfault *mf, struct kvm_run *run, 
 
 	int result;
 	int e = vk_mf_run_handlers(mf, t, &f);
-	if (e < 0) {
-		f.verdict = VMWKVM_MF_ACT_FAIL;
-		f.error = e;
-		vk_mf_fault_record(mf, t, &f, &f.fail_rec);
-		f.fail_rec.error = e;
-	}
+	if (e < 0)
+		fail_fault(mf, t, &f, e);
 	if (f.source == VMWKVM_MF_SRC_MEMORY_FAULT_EXIT && !f.any_handler && e == 0) {
 		result = VMWKVM_MF_EXIT_NOT_OURS;
 	} else if (f.verdict == VMWKVM_MF_ACT_RETRY) {
@@ -201,10 +206,7 @@ static int handle_memory_fault(struct vmwkvm_memfault *mf, struct kvm_run *run, 
 		if (e == 0 && f.source == VMWKVM_MF_SRC_KVM_USERFAULT)
 			userfault_clear(t, gpa, covered);
 		if (e < 0) {
-			f.verdict = VMWKVM_MF_ACT_FAIL;
-			f.error = e;
-			vk_mf_fault_record(mf, t, &f, &f.fail_rec);
-			f.fail_rec.error = e;
+			fail_fault(mf, t, &f, e);
 			vk_mf_count(mf, ST_FAILURES, 1);
 			result = VMWKVM_MF_EXIT_FAILED;
 		} else {
@@ -291,10 +293,7 @@ static int handle_mmio(struct vmwkvm_memfault *mf, struct kvm_run *run, vmwkvm_v
 	int result;
 	if (ram_extent(t, gpa, len) < len) {
 		/* the access leaves guest RAM: nothing sensible can be done on the host side */
-		f.verdict = VMWKVM_MF_ACT_FAIL;
-		f.error = -ERANGE;
-		vk_mf_fault_record(mf, t, &f, &f.fail_rec);
-		f.fail_rec.error = -ERANGE;
+		fail_fault(mf, t, &f, -ERANGE);
 		vk_mf_count(mf, ST_FAILURES, 1);
 		result = finish(&f, t, mf, rec, VMWKVM_MF_EXIT_FAILED);
 		vk_mf_unpin(mf, t);
@@ -311,12 +310,8 @@ static int handle_mmio(struct vmwkvm_memfault *mf, struct kvm_run *run, vmwkvm_v
 		f.data = cur;
 
 	int e = vk_mf_run_handlers(mf, t, &f);
-	if (e < 0) {
-		f.verdict = VMWKVM_MF_ACT_FAIL;
-		f.error = e;
-		vk_mf_fault_record(mf, t, &f, &f.fail_rec);
-		f.fail_rec.error = e;
-	}
+	if (e < 0)
+		fail_fault(mf, t, &f, e);
 	if (f.verdict == VMWKVM_MF_ACT_RETRY) {
 		result = VMWKVM_MF_EXIT_RETRY;
 	} else if (f.verdict == VMWKVM_MF_ACT_FAIL) {
@@ -338,10 +333,7 @@ static int handle_mmio(struct vmwkvm_memfault *mf, struct kvm_run *run, vmwkvm_v
 			}
 		}
 		if (e < 0) {
-			f.verdict = VMWKVM_MF_ACT_FAIL;
-			f.error = e;
-			vk_mf_fault_record(mf, t, &f, &f.fail_rec);
-			f.fail_rec.error = e;
+			fail_fault(mf, t, &f, e);
 			vk_mf_count(mf, ST_FAILURES, 1);
 			result = VMWKVM_MF_EXIT_FAILED;
 		} else {
