@@ -60,20 +60,6 @@ static void note_err(struct vk_dialect_report *r, int err)
 		r->err = err;
 }
 
-static int check_ext(int fd, uint32_t cap)
-{
-	return vk_ioctl(fd, KVM_CHECK_EXTENSION, (void *)(uintptr_t)cap);
-}
-
-static int enable_cap(int fd, uint32_t cap, uint64_t arg0)
-{
-	struct kvm_enable_cap ec;
-	memset(&ec, 0, sizeof(ec));
-	ec.cap = cap;
-	ec.args[0] = arg0;
-	return vk_ioctl(fd, KVM_ENABLE_CAP, &ec);
-}
-
 int vk_vmware_backdoor_param(void)
 {
 	char buf[16];
@@ -186,7 +172,7 @@ static void collision_note(char *buf, size_t len, uint32_t cap)
 static int enable_contract(struct vk_dialect_report *r, struct vk_feat *f, const char *dname, int vm_fd,
 			   uint32_t cap, uint64_t bad, uint64_t good, const char *note)
 {
-	int e = enable_cap(vm_fd, cap, bad);
+	int e = vk_enable_cap(vm_fd, cap, bad);
 	if (e == 0) {
 		feat_set(f, VK_FEAT_ABSENT,
 			 "%s: KVM_ENABLE_CAP(%u, 0x%llx) accepted an invalid value: not the proposed cap%s", dname, cap,
@@ -200,7 +186,7 @@ static int enable_contract(struct vk_dialect_report *r, struct vk_feat *f, const
 			 dname, cap, (unsigned long long)bad, ename(e), note);
 		return -1;
 	}
-	e = enable_cap(vm_fd, cap, good);
+	e = vk_enable_cap(vm_fd, cap, good);
 	if (e == -EINVAL) {
 		feat_set(f, VK_FEAT_ABSENT, "%s: KVM_ENABLE_CAP(%u, 0x%llx) before any vCPU refused with EINVAL%s",
 			 dname, cap, (unsigned long long)good, note);
@@ -228,7 +214,7 @@ static int vcpu_rule(struct vk_dialect_report *r, struct vk_feat *f, const char 
 			 dname, ename(e), cap, note);
 		return -1;
 	}
-	e = enable_cap(s->vm_fd, cap, good);
+	e = vk_enable_cap(s->vm_fd, cap, good);
 	if (e == 0) {
 		feat_set(f, VK_FEAT_ABSENT,
 			 "%s: KVM_ENABLE_CAP(%u, 0x%llx) accepted after a vCPU exists: not the proposed behaviour%s",
@@ -305,7 +291,7 @@ static void probe_rusin(int kvm_fd, const struct vmwkvm_proposed_numbers *n, boo
 		if (!cand[i])
 			continue;
 		struct vk_feat *f = feat_at(r, i);
-		int v = check_ext(s.vm_fd, caps[i]);
+		int v = vk_check_extension(s.vm_fd, caps[i]);
 		f->check_value = v;
 		if (v < 0) {
 			note_err(r, v);
@@ -404,7 +390,7 @@ static void probe_single(int kvm_fd, const struct vmwkvm_proposed_numbers *n, bo
 		scratch_close(&s);
 		return;
 	}
-	int v = check_ext(s.vm_fd, cap);
+	int v = vk_check_extension(s.vm_fd, cap);
 	for (int i = 0; i < 3; i++)
 		feat_at(r, i)->check_value = v;
 	int ok = 0;

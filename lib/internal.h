@@ -87,4 +87,16 @@ void vk_cpu_mode_from_sregs(const struct kvm_sregs *s, uint64_t rflags, struct v
 size_t vk_rpc_allocated(const vmwkvm_rpc *rpc); /* bytes held by channels, messages, queues */
 size_t vk_rpc_bound(const vmwkvm_rpc *rpc);     /* the most the configured bounds allow */
 
+/* ---- KVM_CHECK_EXTENSION / KVM_ENABLE_CAP (args[0] only) through the sys layer; -errno on failure ---- */
+static inline int vk_check_extension(int fd, uint32_t cap)
+{
+	return vk_ioctl(fd, KVM_CHECK_EXTENSION, (void *)(uintptr_t)cap);
+}
+
+static inline int vk_enable_cap(int fd, uint32_t cap, uint64_t arg0)
+{
+	struct kvm_enable_cap ec = { .cap = cap, .args = { arg0 } }; /* every other field zero */
+	return vk_ioctl(fd, KVM_ENABLE_CAP, &ec);
+}
+
 #endif

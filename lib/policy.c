@@ -61,15 +61,6 @@ int vmwkvm_policy_flags_parse(const char *text, uint32_t *out)
 	return 0;
 }
 
-static int enable_cap(int fd, uint32_t cap, uint64_t arg0)
-{
-	struct kvm_enable_cap ec;
-	memset(&ec, 0, sizeof(ec));
-	ec.cap = cap;
-	ec.args[0] = arg0;
-	return vk_ioctl(fd, KVM_ENABLE_CAP, &ec);
-}
-
 /* The kernel's default for a VM nobody configured: the backdoor iff the module parameter is Y. */
 static uint32_t default_flags(int param)
 {
@@ -129,7 +120,7 @@ static int set_rusin(struct vmwkvm_vm *vm, uint32_t flags, const struct vk_diale
 			continue;
 		}
 		uint64_t want = (flags & bit) ? 1 : 0;
-		r = enable_cap(vm->vm_fd, feats[i]->cap, want);
+		r = vk_enable_cap(vm->vm_fd, feats[i]->cap, want);
 		if (r < 0) {
 			if (i == 0 && r == -EINVAL) {
 				vk_warn("VM fd %d: KVM_ENABLE_CAP(%u, %llu) refused with EINVAL although rusin-v2 accepts it "
@@ -158,7 +149,7 @@ static int set_rusin(struct vmwkvm_vm *vm, uint32_t flags, const struct vk_diale
 		if (!(changed & bit))
 			continue;
 		uint64_t old = (prev & bit) ? 1 : 0;
-		int u = enable_cap(vm->vm_fd, feats[j]->cap, old);
+		int u = vk_enable_cap(vm->vm_fd, feats[j]->cap, old);
 		if (u < 0) {
 			vk_err("VM fd %d: undoing KVM_ENABLE_CAP(%u) back to %llu failed: %s; that switch stays %s",
 			       vm->vm_fd, feats[j]->cap, (unsigned long long)old, vmwkvm_strerror(u),
@@ -177,7 +168,7 @@ static int set_rusin(struct vmwkvm_vm *vm, uint32_t flags, const struct vk_diale
 static int set_single(struct vmwkvm_vm *vm, uint32_t flags, const struct vk_dialect_report *rep)
 {
 	uint32_t cap = rep->backdoor.cap;
-	int r = enable_cap(vm->vm_fd, cap, flags);
+	int r = vk_enable_cap(vm->vm_fd, cap, flags);
 	if (r == -EINVAL) {
 		vk_warn("VM fd %d: KVM_ENABLE_CAP(%u, 0x%x) refused with EINVAL although the mask is valid (0x%llx): "
 			"a vCPU exists that the library was not told of",

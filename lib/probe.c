@@ -156,11 +156,6 @@ static const struct cap_def {
 	{ VMWKVM_PROBE_CAP_ENABLE_CAP_VM, KVM_CAP_ENABLE_CAP_VM, "enable_cap_vm", "KVM_CAP_ENABLE_CAP_VM" },
 };
 
-int vk_probe_check_ext(int fd, uint32_t cap)
-{
-	return vk_ioctl(fd, KVM_CHECK_EXTENSION, (void *)(uintptr_t)cap);
-}
-
 static void probe_caps(struct vmwkvm_probe *p, uint32_t scope, int fd, const char *fd_unusable)
 {
 	const char *where = scope == VMWKVM_PROBE_SCOPE_SYSTEM ? "system fd" : "VM fd";
@@ -171,7 +166,7 @@ static void probe_caps(struct vmwkvm_probe *p, uint32_t scope, int fd, const cha
 				     c->cap, 0, "not asked: %s", fd_unusable);
 			continue;
 		}
-		int r = vk_probe_check_ext(fd, c->cap);
+		int r = vk_check_extension(fd, c->cap);
 		if (r < 0) {
 			char es[80];
 			vk_probe_errstr(es, sizeof(es), r);

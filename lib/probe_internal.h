@@ -41,8 +41,6 @@ void vk_probe_add(struct vmwkvm_probe *p, uint32_t id, uint32_t group, uint32_t 
 const struct vmwkvm_probe_item *vk_probe_get(const struct vmwkvm_probe *p, uint32_t id, uint32_t scope);
 /* "EINTR (interrupted)" */
 int vk_probe_errstr(char *buf, size_t len, int err);
-/* KVM_CHECK_EXTENSION through the sys layer: value >= 0 or -errno */
-int vk_probe_check_ext(int fd, uint32_t cap);
 
 /* vmware and nested groups (probe_vmware.c) */
 void vk_probe_vmware(struct vmwkvm_probe *p, struct vk_probe_ctx *c);

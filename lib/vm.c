@@ -7,11 +7,6 @@
 #include <string.h>
 #include <sys/mman.h>
 
-static int check_ext(int fd, unsigned long cap)
-{
-	return vk_ioctl(fd, KVM_CHECK_EXTENSION, (void *)(uintptr_t)cap);
-}
-
 /* A proposed number is usable in auto mode only if it is assigned (non-zero) and no
  * mainline feature owns it. */
 static bool proposed_cap_trustworthy(uint32_t cap)
@@ -24,9 +19,9 @@ static int resolve_dialect(const struct vmwkvm_vm *vm)
 	if (vm->dialect_requested != VMWKVM_DIALECT_AUTO)
 		return vm->dialect_requested;
 	const struct vmwkvm_proposed_numbers *n = &vm->numbers;
-	if (proposed_cap_trustworthy(n->single_cap) && check_ext(vm->vm_fd, n->single_cap) > 0)
+	if (proposed_cap_trustworthy(n->single_cap) && vk_check_extension(vm->vm_fd, n->single_cap) > 0)
 		return VMWKVM_DIALECT_SINGLE_CAP;
-	if (proposed_cap_trustworthy(n->rusin_cap_backdoor) && check_ext(vm->vm_fd, n->rusin_cap_backdoor) > 0)
+	if (proposed_cap_trustworthy(n->rusin_cap_backdoor) && vk_check_extension(vm->vm_fd, n->rusin_cap_backdoor) > 0)
 		return VMWKVM_DIALECT_RUSIN_V2;
 	return VMWKVM_DIALECT_NONE;
 }
@@ -58,16 +53,16 @@ int vmwkvm_vm_new(int vm_fd, const struct vmwkvm_vm_opts *opts, vmwkvm_vm **out)
 		return -r;
 	}
 	/* KVM_CHECK_EXTENSION on the VM fd: also proves that vm_fd is a VM */
-	vm->cap_sync_regs = check_ext(vm_fd, KVM_CAP_SYNC_REGS);
+	vm->cap_sync_regs = vk_check_extension(vm_fd, KVM_CAP_SYNC_REGS);
 	if (vm->cap_sync_regs < 0) {
 		r = vm->cap_sync_regs;
 		pthread_mutex_destroy(&vm->lock);
 		free(vm);
 		return r;
 	}
-	vm->cap_guest_mode = check_ext(vm_fd, VMWKVM_UAPI_CAP_X86_GUEST_MODE);
-	vm->cap_memory_fault_info = check_ext(vm_fd, VMWKVM_UAPI_CAP_MEMORY_FAULT_INFO);
-	vm->cap_user_memory2 = check_ext(vm_fd, VMWKVM_UAPI_CAP_USER_MEMORY2);
+	vm->cap_guest_mode = vk_check_extension(vm_fd, VMWKVM_UAPI_CAP_X86_GUEST_MODE);
+	vm->cap_memory_fault_info = vk_check_extension(vm_fd, VMWKVM_UAPI_CAP_MEMORY_FAULT_INFO);
+	vm->cap_user_memory2 = vk_check_extension(vm_fd, VMWKVM_UAPI_CAP_USER_MEMORY2);
 	vm->dialect = resolve_dialect(vm);
 	vk_info("VM fd %d: dialect %s (requested %s)", vm_fd, vmwkvm_dialect_name(vm->dialect),
 		vmwkvm_dialect_name(vm->dialect_requested));
