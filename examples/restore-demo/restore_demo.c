@@ -23,7 +23,6 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <linux/kvm.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,24 +36,7 @@
 
 static const char *opt_in, *opt_make, *opt_guest = VMWKVM_DEMO_GUEST;
 static unsigned opt_mib = 16, opt_vcpus = 2;
-static bool opt_nokvm, opt_memfd, opt_quiet;
-
-static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void say(const char *fmt, ...)
-{
-	if (opt_quiet)
-		return;
-	va_list ap;
-	va_start(ap, fmt);
-	vprintf(fmt, ap);
-	va_end(ap);
-}
-
-static void on_log(int level, const char *msg, void *ctx)
-{
-	(void)ctx;
-	fprintf(stderr, "libvmwkvm[%d]: %s\n", level, msg);
-}
+static bool opt_nokvm, opt_memfd;
 
 /* ------------------------------------------------------------------ --make */
 
@@ -211,21 +193,21 @@ int main(int argc, char **argv)
 		else if (!strcmp(a, "--memfd"))
 			opt_memfd = true;
 		else if (!strcmp(a, "--quiet") || !strcmp(a, "-q"))
-			opt_quiet = true;
+			demo_quiet = true;
 		else
 			usage(argv[0]);
 	}
 	if ((!opt_in && !opt_make) || opt_vcpus < 1 || opt_vcpus > DEMO_MAX_VCPUS || opt_mib < 2 || opt_mib > 4096)
 		usage(argv[0]);
 	setvbuf(stdout, NULL, _IOLBF, 0);
-	vmwkvm_set_log(on_log, NULL, VMWKVM_LOG_WARN);
+	vmwkvm_set_log(demo_on_log, NULL, VMWKVM_LOG_WARN);
 	if (opt_make) {
 		int e = make_snapshot(opt_make, (size_t)opt_mib << 20);
 		if (e < 0) {
 			fprintf(stderr, "%s: %s\n", opt_make, strerror(-e));
 			return 1;
 		}
-		say("made %s (%u MiB)\n", opt_make, opt_mib);
+		demo_say("made %s (%u MiB)\n", opt_make, opt_mib);
 		if (!opt_in)
 			opt_in = opt_make;
 	}
@@ -293,8 +275,8 @@ int main(int argc, char **argv)
 	d.on_exit = on_exit_port;
 	d.host_fn = host_checker;
 	d.ctx = &r;
-	say("vmwkvm-restore-demo: %s, %zu MiB, %u %s, RAM filled on first touch\n", opt_in, r.ram_size >> 20, opt_vcpus,
-	    opt_nokvm ? "host threads" : "vCPUs");
+	demo_say("vmwkvm-restore-demo: %s, %zu MiB, %u %s, RAM filled on first touch\n", opt_in, r.ram_size >> 20, opt_vcpus,
+	         opt_nokvm ? "host threads" : "vCPUs");
 	double t0 = demo_now_ms();
 	if ((e = demo_vm_start(&d)) < 0) {
 		fprintf(stderr, "starting the vCPUs: %s\n", strerror(-e));
@@ -331,16 +313,16 @@ int main(int argc, char **argv)
 			rc = 1;
 			continue;
 		}
-		say("vCPU %u: %u dwords break the pattern, sum 0x%08x (file: 0x%08x)\n", c, r.mismatches[c], r.sums[c], sum);
+		demo_say("vCPU %u: %u dwords break the pattern, sum 0x%08x (file: 0x%08x)\n", c, r.mismatches[c], r.sums[c], sum);
 		if (r.mismatches[c] || r.sums[c] != sum)
 			rc = 1;
 	}
 	struct vmwkvm_mf_stats st = { .sz = sizeof(st) };
 	vmwkvm_memfault_stats(d.mf, &st);
-	say("restore: %lu pages filled from the file and %lu fixed pages on first touch, %llu userfaultfd faults, "
-	    "%.1f ms\n",
-	    atomic_load(&r.from_file), atomic_load(&r.fixed), (unsigned long long)st.faults[VMWKVM_MF_SRC_UFFD], t1 - t0);
-	say("%s\n", rc ? "restore check FAILED" : "restore check passed: the guest saw the snapshot's memory");
+	demo_say("restore: %lu pages filled from the file and %lu fixed pages on first touch, %llu userfaultfd faults, "
+	         "%.1f ms\n",
+	         atomic_load(&r.from_file), atomic_load(&r.fixed), (unsigned long long)st.faults[VMWKVM_MF_SRC_UFFD], t1 - t0);
+	demo_say("%s\n", rc ? "restore check FAILED" : "restore check passed: the guest saw the snapshot's memory");
 	free(img);
 	vmwkvm_memfault_free(d.mf);
 	demo_vm_destroy(&d);

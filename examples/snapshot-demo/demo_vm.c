@@ -6,6 +6,7 @@
 #include <linux/kvm.h>
 #include <sched.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,6 +14,24 @@
 #include <sys/mman.h>
 #include <time.h>
 #include <unistd.h>
+
+bool demo_quiet;
+
+void demo_say(const char *fmt, ...)
+{
+	if (demo_quiet)
+		return;
+	va_list ap;
+	va_start(ap, fmt);
+	vprintf(fmt, ap);
+	va_end(ap);
+}
+
+void demo_on_log(int level, const char *msg, void *ctx)
+{
+	(void)ctx;
+	fprintf(stderr, "libvmwkvm[%d]: %s\n", level, msg);
+}
 
 double demo_now_ms(void)
 {

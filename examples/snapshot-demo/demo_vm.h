@@ -90,6 +90,12 @@ void demo_vm_destroy(struct demo_vm *d);
 bool demo_should_stop(struct demo_vm *d);
 void demo_pause_point(struct demo_vm *d, int cpu);
 
+/* Console output: demo_say() prints to stdout unless demo_quiet (--quiet) is set;
+ * demo_on_log() is the vmwkvm log callback, printing to stderr. */
+extern bool demo_quiet;
+void demo_say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void demo_on_log(int level, const char *msg, void *ctx);
+
 double demo_now_ms(void);
 /* Read a whole file (a guest binary) into buf (at most len bytes); returns its size or -errno. */
 long demo_read_file(const char *path, uint8_t *buf, size_t len);

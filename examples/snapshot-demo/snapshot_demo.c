@@ -30,7 +30,6 @@
 #include <fcntl.h>
 #include <linux/kvm.h>
 #include <sched.h>
-#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -44,24 +43,7 @@
 
 static const char *opt_out = "vmwkvm-snapshot.bin", *opt_guest = VMWKVM_DEMO_GUEST;
 static unsigned opt_mib = 16, opt_vcpus = 2, opt_run_ms = 300;
-static bool opt_verify, opt_nokvm, opt_memfd, opt_mprotect, opt_quiet;
-
-static void say(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
-static void say(const char *fmt, ...)
-{
-	if (opt_quiet)
-		return;
-	va_list ap;
-	va_start(ap, fmt);
-	vprintf(fmt, ap);
-	va_end(ap);
-}
-
-static void on_log(int level, const char *msg, void *ctx)
-{
-	(void)ctx;
-	fprintf(stderr, "libvmwkvm[%d]: %s\n", level, msg);
-}
+static bool opt_verify, opt_nokvm, opt_memfd, opt_mprotect;
 
 /* ------------------------------------------------------------------ saving */
 
@@ -198,14 +180,14 @@ int main(int argc, char **argv)
 		else if (!strcmp(a, "--mprotect"))
 			opt_mprotect = true;
 		else if (!strcmp(a, "--quiet") || !strcmp(a, "-q"))
-			opt_quiet = true;
+			demo_quiet = true;
 		else
 			usage(argv[0]);
 	}
 	if (opt_mib < 2 || opt_mib > 4096 || opt_vcpus < 2 || opt_vcpus > DEMO_MAX_VCPUS)
 		usage(argv[0]);
 	setvbuf(stdout, NULL, _IOLBF, 0);
-	vmwkvm_set_log(on_log, NULL, VMWKVM_LOG_WARN);
+	vmwkvm_set_log(demo_on_log, NULL, VMWKVM_LOG_WARN);
 	if (!opt_nokvm && access("/dev/kvm", F_OK) < 0) {
 		fprintf(stderr, "vmwkvm-snapshot-demo: /dev/kvm is absent (%s); --no-kvm runs host threads instead\n",
 			strerror(errno));
@@ -266,9 +248,9 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	d.host_fn = host_writer;
-	say("vmwkvm-snapshot-demo: %u MiB %s RAM, %u %s, write protection by %s\n", opt_mib,
-	    opt_memfd ? "memfd" : "anonymous", opt_vcpus, opt_nokvm ? "host threads" : "vCPUs",
-	    mech == VMWKVM_MF_MECH_UFFD_WP ? "userfaultfd" : "mprotect (guest writes arrive as MMIO exits)");
+	demo_say("vmwkvm-snapshot-demo: %u MiB %s RAM, %u %s, write protection by %s\n", opt_mib,
+	         opt_memfd ? "memfd" : "anonymous", opt_vcpus, opt_nokvm ? "host threads" : "vCPUs",
+	         mech == VMWKVM_MF_MECH_UFFD_WP ? "userfaultfd" : "mprotect (guest writes arrive as MMIO exits)");
 	if ((e = demo_vm_start(&d)) < 0) {
 		fprintf(stderr, "starting the vCPUs: %s\n", strerror(-e));
 		return 1;
@@ -337,12 +319,12 @@ int main(int argc, char **argv)
 	struct vmwkvm_mf_stats st = { .sz = sizeof(st) };
 	vmwkvm_memfault_stats(d.mf, &st);
 
-	say("snapshot: downtime %.2f ms (pause %.2f, %sprotect %.2f), saved in %.1f ms after resume (%.0f MB/s)\n",
-	    (t_paused - t0) + (t_resumed - t_copy), t_paused - t0, opt_verify ? "eager copy for --verify excluded, " : "", t_prot - t_copy,
-	    t_saved - t_resumed, ram_size / 1e6 / ((t_saved - t_resumed) / 1e3));
-	say("          %lu pages saved because the guest wrote them first, %lu by the background saver; "
-	    "%llu userfaultfd faults, %lu MMIO exits on RAM\n",
-	    atomic_load(&s.by_fault), atomic_load(&s.by_saver), (unsigned long long)st.faults[VMWKVM_MF_SRC_UFFD], mmio);
+	demo_say("snapshot: downtime %.2f ms (pause %.2f, %sprotect %.2f), saved in %.1f ms after resume (%.0f MB/s)\n",
+	         (t_paused - t0) + (t_resumed - t_copy), t_paused - t0, opt_verify ? "eager copy for --verify excluded, " : "", t_prot - t_copy,
+	         t_saved - t_resumed, ram_size / 1e6 / ((t_saved - t_resumed) / 1e3));
+	demo_say("          %lu pages saved because the guest wrote them first, %lu by the background saver; "
+	         "%llu userfaultfd faults, %lu MMIO exits on RAM\n",
+	         atomic_load(&s.by_fault), atomic_load(&s.by_saver), (unsigned long long)st.faults[VMWKVM_MF_SRC_UFFD], mmio);
 
 	int rc = 0;
 	if (vr) {
@@ -364,8 +346,8 @@ int main(int argc, char **argv)
 			fprintf(stderr, "the snapshot holds dwords the guest never writes\n");
 			rc = 1;
 		}
-		say("%s: %zu of %zu data pages written by the guest at the snapshot\n", opt_out, written,
-		    (size_t)(npages - DEMO_DATA_GPA / DEMO_PG));
+		demo_say("%s: %zu of %zu data pages written by the guest at the snapshot\n", opt_out, written,
+		         (size_t)(npages - DEMO_DATA_GPA / DEMO_PG));
 		if (opt_verify) {
 			size_t diff = 0;
 			for (size_t p = 0; p < npages; p++)
@@ -375,14 +357,14 @@ int main(int argc, char **argv)
 					diff, opt_out);
 				rc = 1;
 			} else {
-				say("verify: %s equals guest memory at the instant of protection (eager copy at the pause)\n",
-				    opt_out);
+				demo_say("verify: %s equals guest memory at the instant of protection (eager copy at the pause)\n",
+				         opt_out);
 			}
 			/* and the guest went on writing after the snapshot */
 			size_t changed = 0;
 			for (size_t p = DEMO_DATA_GPA / DEMO_PG; p < npages; p++)
 				changed += memcmp(d.ram + p * DEMO_PG, eager + p * DEMO_PG, DEMO_PG) != 0;
-			say("verify: %zu pages changed since the snapshot (the guest kept running)\n", changed);
+			demo_say("verify: %zu pages changed since the snapshot (the guest kept running)\n", changed);
 		}
 	}
 	free(img);
