@@ -1,6 +1,7 @@
 /* kvm_guest: host side of the backdoor test guests (see kvm_guest.h). */
 #include "kvm_guest.h"
 
+#include "internal.h"
 #include "sys.h"
 
 #include <errno.h>
@@ -61,6 +62,21 @@ void bd_vm_down(struct bd_vm *b)
 	b->vm = NULL;
 	if (b->h.live)
 		kvmh_destroy(&b->h);
+}
+
+const struct bd_lb_expect bd_lb_pass[BD_LB_CALLS_PER_PASS] = {
+	{ 10, VMWKVM_DIR_IN, 0 },
+	{ 10, VMWKVM_DIR_OUT, 0 },
+	{ BD_TEST_CMD, VMWKVM_DIR_IN, 0 },
+	{ 0x0FFF, VMWKVM_DIR_IN, 0 },
+	{ 0x010A, VMWKVM_DIR_IN, 0 },
+	{ 10, VMWKVM_DIR_IN, VMWKVM_INVALID_MAGIC },
+	{ 10, VMWKVM_DIR_IN, VMWKVM_INVALID_SIZE },
+};
+
+uint8_t bd_expected_origin(const struct bd_vm *b)
+{
+	return b->vm->cap_guest_mode > 0 ? VMWKVM_ORIGIN_L1 : VMWKVM_ORIGIN_UNKNOWN;
 }
 
 uint8_t bd_pattern(uint64_t i, unsigned seed)
@@ -293,4 +309,16 @@ void bd_count_get(struct bd_ioctl_counts *out)
 void bd_count_uninstall(void)
 {
 	vmwkvm_sys_set_ops(NULL);
+}
+
+int bd_serve_counted(struct bd_vm *b, struct bd_server *s, unsigned max_exits, unsigned watchdog_s,
+		     struct bd_ioctl_counts *ioc)
+{
+	bd_count_install();
+	kvmh_watchdog_arm(watchdog_s);
+	int r = bd_serve(b, s, max_exits);
+	kvmh_watchdog_disarm();
+	bd_count_get(ioc);
+	bd_count_uninstall();
+	return r;
 }

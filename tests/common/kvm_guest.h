@@ -62,6 +62,14 @@
  * command, unknown 0x0FFF, 0x010A, bad magic (invalid), IN AX,DX (invalid) */
 #define BD_LB_CALLS_PER_PASS 7
 
+/* What the library should decode for each of those calls. */
+struct bd_lb_expect {
+	uint16_t command;
+	uint8_t direction; /* enum vmwkvm_direction */
+	uint8_t invalid;   /* enum vmwkvm_invalid_reason, 0 for a valid call */
+};
+extern const struct bd_lb_expect bd_lb_pass[BD_LB_CALLS_PER_PASS];
+
 struct bd_rec {
 	uint16_t command;
 	uint8_t transport, direction, cpl, mode, origin, invalid;
@@ -122,6 +130,9 @@ void bd_server_fini(struct bd_server *s);
  * an unexpected exit (s->err says what). Arms no watchdog: the caller does. */
 int bd_serve(struct bd_vm *b, struct bd_server *s, unsigned max_exits);
 
+/* The origin every call of b should have: L1 when the kernel reports guest mode, else unknown. */
+uint8_t bd_expected_origin(const struct bd_vm *b);
+
 /* Count the library's ioctls: wraps vmwkvm_sys_default_ops() with vmwkvm_sys_set_ops(). */
 struct bd_ioctl_counts {
 	unsigned long run, get_regs, set_regs, get_sregs, other;
@@ -130,6 +141,11 @@ void bd_count_install(void);
 void bd_count_reset(void);
 void bd_count_get(struct bd_ioctl_counts *out);
 void bd_count_uninstall(void);
+
+/* bd_serve() under a watchdog of watchdog_s seconds, with the library's ioctls counted
+ * into *ioc (bd_count_install() .. bd_count_uninstall() around it). Returns bd_serve's result. */
+int bd_serve_counted(struct bd_vm *b, struct bd_server *s, unsigned max_exits, unsigned watchdog_s,
+		     struct bd_ioctl_counts *ioc);
 
 /* u32 at a guest-physical address (0xFFFFFFFF when out of range). */
 uint32_t bd_peek32(struct bd_vm *b, uint64_t gpa);

@@ -9,23 +9,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
 #include "kvm_guest.h"
 
 static const uint32_t sizes[] = { 0, 1, 4, 4095, 4096, 4097, 65536 };
 
-static uint8_t expected_origin(const struct bd_vm *b)
-{
-	return b->vm->cap_guest_mode > 0 ? VMWKVM_ORIGIN_L1 : VMWKVM_ORIGIN_UNKNOWN;
-}
-
 static void check_pass_records(const struct bd_server *s, unsigned base, uint8_t cpl, uint8_t origin,
 			       uint32_t size)
 {
-	static const uint16_t cmd[BD_LB_CALLS_PER_PASS] = { 10, 10, BD_TEST_CMD, 0x0FFF, 0x010A, 10, 10 };
-	static const uint8_t dir[BD_LB_CALLS_PER_PASS] = { VMWKVM_DIR_IN, VMWKVM_DIR_OUT, VMWKVM_DIR_IN, VMWKVM_DIR_IN,
-							   VMWKVM_DIR_IN, VMWKVM_DIR_IN, VMWKVM_DIR_IN };
-	static const uint8_t inv[BD_LB_CALLS_PER_PASS] = { 0, 0, 0, 0, 0, VMWKVM_INVALID_MAGIC, VMWKVM_INVALID_SIZE };
 	unsigned n = BD_LB_CALLS_PER_PASS + (size ? 2 : 0);
 	for (unsigned i = 0; i < n; i++) {
 		const struct bd_rec *r = &s->recs[base + i];
@@ -33,10 +23,10 @@ static void check_pass_records(const struct bd_server *s, unsigned base, uint8_t
 		ck_assert_uint_eq(r->mode, VMWKVM_MODE_PROT32);
 		ck_assert_uint_eq(r->origin, origin);
 		if (i < BD_LB_CALLS_PER_PASS) {
-			ck_assert_msg(r->command == cmd[i], "call %u: command 0x%x", base + i, r->command);
+			ck_assert_msg(r->command == bd_lb_pass[i].command, "call %u: command 0x%x", base + i, r->command);
 			ck_assert_uint_eq(r->transport, VMWKVM_TRANSPORT_LB);
-			ck_assert_uint_eq(r->direction, dir[i]);
-			ck_assert_uint_eq(r->invalid, inv[i]);
+			ck_assert_uint_eq(r->direction, bd_lb_pass[i].direction);
+			ck_assert_uint_eq(r->invalid, bd_lb_pass[i].invalid);
 		} else {
 			ck_assert_uint_eq(r->transport, VMWKVM_TRANSPORT_HB);
 			ck_assert_uint_eq(r->direction, i == BD_LB_CALLS_PER_PASS ? VMWKVM_DIR_OUT : VMWKVM_DIR_IN);
@@ -90,13 +80,8 @@ static void run_prot32(uint32_t size, int regs_mode)
 	struct bd_server s;
 	ck_assert_int_eq(bd_server_init(&s, &b, in_src, size), 0);
 
-	bd_count_install();
-	kvmh_watchdog_arm(120);
-	int r = bd_serve(&b, &s, 400000);
-	kvmh_watchdog_disarm();
 	struct bd_ioctl_counts n;
-	bd_count_get(&n);
-	bd_count_uninstall();
+	int r = bd_serve_counted(&b, &s, 400000, 120, &n);
 	ck_assert_msg(r == 0, "size %u regs mode %d: bd_serve %d, guest check 0x%x, %s", size, regs_mode, r, s.fail_code,
 		      s.err);
 
@@ -104,8 +89,8 @@ static void run_prot32(uint32_t size, int regs_mode)
 	check_pass_results(&b, BD_RES_PASS1, size);
 	unsigned per_pass = BD_LB_CALLS_PER_PASS + (size ? 2 : 0);
 	ck_assert_uint_eq(s.nrec, 2 * per_pass);
-	check_pass_records(&s, 0, 0, expected_origin(&b), size);
-	check_pass_records(&s, per_pass, 3, expected_origin(&b), size);
+	check_pass_records(&s, 0, 0, bd_expected_origin(&b), size);
+	check_pass_records(&s, per_pass, 3, bd_expected_origin(&b), size);
 	ck_assert_uint_eq(s.n_invalid, 4);
 	if (size) {
 		ck_assert_uint_eq(s.out_transfers, 2);

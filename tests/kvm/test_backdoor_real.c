@@ -10,28 +10,18 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
 #include "kvm_guest.h"
 
 static const uint32_t sizes[] = { 0, 1, 4, 4095, 4096, 4097 };
 
-static uint8_t expected_origin(const struct bd_vm *b)
-{
-	return b->vm->cap_guest_mode > 0 ? VMWKVM_ORIGIN_L1 : VMWKVM_ORIGIN_UNKNOWN;
-}
-
 static void check_lb_records(const struct bd_server *s, unsigned base, uint8_t cpl, uint8_t mode, uint8_t origin)
 {
-	static const uint16_t cmd[BD_LB_CALLS_PER_PASS] = { 10, 10, BD_TEST_CMD, 0x0FFF, 0x010A, 10, 10 };
-	static const uint8_t dir[BD_LB_CALLS_PER_PASS] = { VMWKVM_DIR_IN, VMWKVM_DIR_OUT, VMWKVM_DIR_IN, VMWKVM_DIR_IN,
-							   VMWKVM_DIR_IN, VMWKVM_DIR_IN, VMWKVM_DIR_IN };
-	static const uint8_t inv[BD_LB_CALLS_PER_PASS] = { 0, 0, 0, 0, 0, VMWKVM_INVALID_MAGIC, VMWKVM_INVALID_SIZE };
 	for (unsigned i = 0; i < BD_LB_CALLS_PER_PASS; i++) {
 		const struct bd_rec *r = &s->recs[base + i];
-		ck_assert_msg(r->command == cmd[i], "call %u: command 0x%x", base + i, r->command);
+		ck_assert_msg(r->command == bd_lb_pass[i].command, "call %u: command 0x%x", base + i, r->command);
 		ck_assert_uint_eq(r->transport, VMWKVM_TRANSPORT_LB);
-		ck_assert_uint_eq(r->direction, dir[i]);
-		ck_assert_uint_eq(r->invalid, inv[i]);
+		ck_assert_uint_eq(r->direction, bd_lb_pass[i].direction);
+		ck_assert_uint_eq(r->invalid, bd_lb_pass[i].invalid);
 		ck_assert_uint_eq(r->cpl, cpl);
 		ck_assert_uint_eq(r->mode, mode);
 		ck_assert_uint_eq(r->origin, origin);
@@ -57,13 +47,8 @@ static void run_real(uint32_t size, int regs_mode)
 	struct bd_server s;
 	ck_assert_int_eq(bd_server_init(&s, &b, in_src, size), 0);
 
-	bd_count_install();
-	kvmh_watchdog_arm(60);
-	int r = bd_serve(&b, &s, 200000);
-	kvmh_watchdog_disarm();
 	struct bd_ioctl_counts n;
-	bd_count_get(&n);
-	bd_count_uninstall();
+	int r = bd_serve_counted(&b, &s, 200000, 60, &n);
 	ck_assert_msg(r == 0, "size %u regs mode %d: bd_serve %d, guest check 0x%x, %s", size, regs_mode, r, s.fail_code,
 		      s.err);
 
@@ -77,7 +62,7 @@ static void run_real(uint32_t size, int regs_mode)
 	/* the calls as the library decoded them: CPL0, real mode, L1 (cap 238) */
 	unsigned nlb = BD_LB_CALLS_PER_PASS;
 	ck_assert_uint_eq(s.nrec, nlb + (size ? 2 : 0));
-	check_lb_records(&s, 0, 0, VMWKVM_MODE_REAL, expected_origin(&b));
+	check_lb_records(&s, 0, 0, VMWKVM_MODE_REAL, bd_expected_origin(&b));
 	ck_assert_uint_eq(s.n_invalid, 2);
 	if (size) {
 		ck_assert_uint_eq(bd_peek32(&b, res + BD_RES_HBOUT_EBX), 0x00010000);
