@@ -1186,7 +1186,9 @@ static int h_count(const struct vmwkvm_rpci_request *req, vmwkvm_rpc_out *out, v
 	return 0;
 }
 
-START_TEST(threads_share_one_table)
+/* THREADS threads run fn, each ROUNDS "log" requests counted by h_count: every request ran
+ * exactly once (whatever checkpoints interrupted), and nothing is left behind. */
+static void run_threads(void *(*fn)(void *))
 {
 	static atomic_int count;
 	atomic_store(&count, 0);
@@ -1194,16 +1196,20 @@ START_TEST(threads_share_one_table)
 	vmwkvm_rpc_register(rpc, "log", h_count, &count);
 	pthread_t t[THREADS];
 	for (int i = 0; i < THREADS; i++)
-		ck_assert_int_eq(pthread_create(&t[i], NULL, worker, NULL), 0);
+		ck_assert_int_eq(pthread_create(&t[i], NULL, fn, NULL), 0);
 	for (int i = 0; i < THREADS; i++) {
 		void *ret;
 		pthread_join(t[i], &ret);
 		ck_assert_ptr_null(ret);
 	}
-	/* every request ran exactly once, whatever the checkpoints interrupted */
 	ck_assert_int_eq(atomic_load(&count), THREADS * ROUNDS);
 	ck_assert_int_eq(vmwkvm_rpc_channel_count(rpc), 0);
 	ck_assert_uint_eq(vk_rpc_allocated(rpc), 0);
+}
+
+START_TEST(threads_share_one_table)
+{
+	run_threads(worker);
 }
 END_TEST
 
@@ -1234,21 +1240,7 @@ static void *worker_nocpt(void *arg)
 
 START_TEST(threads_exact)
 {
-	static atomic_int count;
-	atomic_store(&count, 0);
-	vmwkvm_rpc_register(rpc, "log", NULL, NULL);
-	vmwkvm_rpc_register(rpc, "log", h_count, &count);
-	pthread_t t[THREADS];
-	for (int i = 0; i < THREADS; i++)
-		ck_assert_int_eq(pthread_create(&t[i], NULL, worker_nocpt, NULL), 0);
-	for (int i = 0; i < THREADS; i++) {
-		void *ret;
-		pthread_join(t[i], &ret);
-		ck_assert_ptr_null(ret);
-	}
-	ck_assert_int_eq(atomic_load(&count), THREADS * ROUNDS);
-	ck_assert_int_eq(vmwkvm_rpc_channel_count(rpc), 0);
-	ck_assert_uint_eq(vk_rpc_allocated(rpc), 0);
+	run_threads(worker_nocpt);
 }
 END_TEST
 
