@@ -60,6 +60,16 @@ static vmwkvm_probe *probe_opts(const struct vmwkvm_probe_opts *o)
 	return p;
 }
 
+/* A probe with only opts.dialect set. */
+static vmwkvm_probe *probe_dialect(const char *dialect)
+{
+	struct vmwkvm_probe_opts o;
+	memset(&o, 0, sizeof(o));
+	o.sz = sizeof(o);
+	o.dialect = dialect;
+	return probe_opts(&o);
+}
+
 static vmwkvm_probe *probe_default(void)
 {
 	return probe_opts(NULL);
@@ -121,6 +131,14 @@ static void assert_fds_balanced(struct kmodel *m, const int *keep, size_t nkeep)
 		for (size_t k = 0; k < nkeep; k++)
 			ck_assert_msg(closed[j] != keep[k], "the probe closed the caller's fd %d", keep[k]);
 	}
+}
+
+/* Free p, check that every fd the probe made was closed again, take the model down. */
+static void probe_finish(struct kmodel *m, vmwkvm_probe *p)
+{
+	vmwkvm_probe_free(p);
+	assert_fds_balanced(m, NULL, 0);
+	model_down(m);
 }
 
 static size_t count_cap_touches(struct kmodel *m, long cap)
@@ -279,9 +297,7 @@ START_TEST(no_dev_kvm)
 	ASSERT_STATE(p, VMWKVM_PROBE_VMWARE_BACKDOOR_PARAM, VMWKVM_PROBE_SCOPE_HOST, VMWKVM_PROBE_UNKNOWN);
 	ASSERT_STATE(p, VMWKVM_PROBE_VMWARE_DIALECT, VMWKVM_PROBE_SCOPE_VM, VMWKVM_PROBE_UNKNOWN);
 	ASSERT_STATE(p, VMWKVM_PROBE_VMWARE_POLICY_NONE, VMWKVM_PROBE_SCOPE_VM, VMWKVM_PROBE_UNKNOWN);
-	vmwkvm_probe_free(p);
-	assert_fds_balanced(m, NULL, 0);
-	model_down(m);
+	probe_finish(m, p);
 }
 END_TEST
 
@@ -321,20 +337,14 @@ START_TEST(rusin_colliding_numbers_untouched_in_auto)
 	ck_assert_uint_eq(count_cap_touches(m, 239), 0);
 	ck_assert_uint_eq(count_cap_touches(m, 240), 0);
 	ck_assert_uint_eq(count_cap_touches(m, 241), 0);
-	vmwkvm_probe_free(p);
-	assert_fds_balanced(m, NULL, 0);
-	model_down(m);
+	probe_finish(m, p);
 }
 END_TEST
 
 START_TEST(rusin_requested_explicitly_is_confirmed)
 {
 	struct kmodel *m = model_up(KMODEL_DIALECT_RUSIN_V2);
-	struct vmwkvm_probe_opts o;
-	memset(&o, 0, sizeof(o));
-	o.sz = sizeof(o);
-	o.dialect = "rusin-v2";
-	vmwkvm_probe *p = probe_opts(&o);
+	vmwkvm_probe *p = probe_dialect("rusin-v2");
 	const struct vmwkvm_probe_item *it = item(p, VMWKVM_PROBE_VMWARE_POLICY_RUSIN_V2, VMWKVM_PROBE_SCOPE_VM);
 	ck_assert_msg(it->state == VMWKVM_PROBE_PRESENT, "rusin-v2: %s", it->reason);
 	ck_assert_int_eq(it->value, VMWKVM_PROBE_ALLOW_BACKDOOR | VMWKVM_PROBE_ALLOW_HYPERCALL | VMWKVM_PROBE_ALLOW_NESTED);
@@ -349,9 +359,7 @@ START_TEST(rusin_requested_explicitly_is_confirmed)
 	ASSERT_STATE(p, VMWKVM_PROBE_VMWARE_HYPERCALL, VMWKVM_PROBE_SCOPE_VM, VMWKVM_PROBE_ABSENT);
 	/* the behaviour checks ran on scratch VMs only, all closed */
 	ck_assert_uint_gt(kmodel_log_count_req(m, 0, KVM_ENABLE_CAP, 239), 0);
-	vmwkvm_probe_free(p);
-	assert_fds_balanced(m, NULL, 0);
-	model_down(m);
+	probe_finish(m, p);
 }
 END_TEST
 
@@ -369,18 +377,12 @@ START_TEST(rusin_on_mainline_arm_never_enables)
 		ck_assert_int_eq(kmodel_vm_state(m, kmodel_vm_fd(m, i), &st), 0);
 		ck_assert_uint_eq(st.unrelated_enables, 0);
 	}
-	struct vmwkvm_probe_opts o;
-	memset(&o, 0, sizeof(o));
-	o.sz = sizeof(o);
-	o.dialect = "rusin-v2";
-	p = probe_opts(&o);
+	p = probe_dialect("rusin-v2");
 	const struct vmwkvm_probe_item *it = item(p, VMWKVM_PROBE_VMWARE_DIALECT, VMWKVM_PROBE_SCOPE_VM);
 	ck_assert_int_eq(it->value, VMWKVM_DIALECT_RUSIN_V2);
 	ck_assert_int_ne(it->state, VMWKVM_PROBE_PRESENT);
 	ck_assert_int_ne(item(p, VMWKVM_PROBE_VMWARE_POLICY_RUSIN_V2, VMWKVM_PROBE_SCOPE_VM)->state, VMWKVM_PROBE_PRESENT);
-	vmwkvm_probe_free(p);
-	assert_fds_balanced(m, NULL, 0);
-	model_down(m);
+	probe_finish(m, p);
 }
 END_TEST
 
@@ -403,9 +405,7 @@ START_TEST(rusin_own_numbers_auto)
 	it = item(p, VMWKVM_PROBE_LIB_RUSIN_CAP_BACKDOOR, VMWKVM_PROBE_SCOPE_LIBRARY);
 	ck_assert_int_eq(it->state, VMWKVM_PROBE_PRESENT);
 	ck_assert_int_eq(it->value, 300);
-	vmwkvm_probe_free(p);
-	assert_fds_balanced(m, NULL, 0);
-	model_down(m);
+	probe_finish(m, p);
 }
 END_TEST
 
@@ -439,9 +439,7 @@ START_TEST(single_cap_auto)
 	ck_assert_int_eq(it->state, VMWKVM_PROBE_PRESENT);
 	ck_assert_int_eq(it->value, VMWKVM_PROBE_ALLOW_BACKDOOR | VMWKVM_PROBE_ALLOW_HYPERCALL);
 	ASSERT_STATE(p, VMWKVM_PROBE_NESTED_POLICY_SINGLE_CAP, VMWKVM_PROBE_SCOPE_VM, VMWKVM_PROBE_ABSENT);
-	vmwkvm_probe_free(p);
-	assert_fds_balanced(m, NULL, 0);
-	model_down(m);
+	probe_finish(m, p);
 }
 END_TEST
 
@@ -457,11 +455,7 @@ START_TEST(dialect_default_via_api)
 	ck_assert_int_eq(it->value, VMWKVM_DIALECT_RUSIN_V2);
 	vmwkvm_probe_free(p);
 	/* opts.dialect wins over the default */
-	struct vmwkvm_probe_opts o;
-	memset(&o, 0, sizeof(o));
-	o.sz = sizeof(o);
-	o.dialect = "none";
-	p = probe_opts(&o);
+	p = probe_dialect("none");
 	ck_assert_int_eq(item(p, VMWKVM_PROBE_VMWARE_DIALECT, VMWKVM_PROBE_SCOPE_VM)->value, VMWKVM_DIALECT_NONE);
 	vmwkvm_probe_free(p);
 	model_down(m);
@@ -544,9 +538,7 @@ START_TEST(flags_no_scratch_no_uffd)
 	ASSERT_STATE(p, VMWKVM_PROBE_CAP_SYNC_REGS, VMWKVM_PROBE_SCOPE_VM, VMWKVM_PROBE_UNKNOWN);
 	ASSERT_STATE(p, VMWKVM_PROBE_VMWARE_DIALECT, VMWKVM_PROBE_SCOPE_VM, VMWKVM_PROBE_UNKNOWN);
 	ASSERT_STATE(p, VMWKVM_PROBE_UFFD_API, VMWKVM_PROBE_SCOPE_HOST, VMWKVM_PROBE_UNKNOWN);
-	vmwkvm_probe_free(p);
-	assert_fds_balanced(m, NULL, 0);
-	model_down(m);
+	probe_finish(m, p);
 }
 END_TEST
 
@@ -622,9 +614,7 @@ START_TEST(fail_every_check_extension)
 	}
 	/* origin reporting depends on cap 238: unknown too */
 	ASSERT_STATE(p, VMWKVM_PROBE_NESTED_ORIGIN, VMWKVM_PROBE_SCOPE_VM, VMWKVM_PROBE_UNKNOWN);
-	vmwkvm_probe_free(p);
-	assert_fds_balanced(m, NULL, 0);
-	model_down(m);
+	probe_finish(m, p);
 }
 END_TEST
 
@@ -645,9 +635,7 @@ START_TEST(fail_system_ioctls)
 	ASSERT_REASON_HAS(it, vmwkvm_errno_name(e));
 	/* none is not claimed as verified on a kernel that does not answer its API version */
 	ck_assert_int_ne(item(p, VMWKVM_PROBE_VMWARE_DIALECT, VMWKVM_PROBE_SCOPE_VM)->state, VMWKVM_PROBE_PRESENT);
-	vmwkvm_probe_free(p);
-	assert_fds_balanced(m, NULL, 0);
-	model_down(m);
+	probe_finish(m, p);
 }
 END_TEST
 
@@ -656,11 +644,7 @@ START_TEST(fail_create_vm)
 	int e = inject_errnos[_i];
 	struct kmodel *m = model_up(KMODEL_DIALECT_RUSIN_V2);
 	ck_assert_int_eq(kmodel_inject_fault(m, KVM_CREATE_VM, -1, 0, e), 0);
-	struct vmwkvm_probe_opts o;
-	memset(&o, 0, sizeof(o));
-	o.sz = sizeof(o);
-	o.dialect = "rusin-v2";
-	vmwkvm_probe *p = probe_opts(&o);
+	vmwkvm_probe *p = probe_dialect("rusin-v2");
 	const struct vmwkvm_probe_item *it = item(p, VMWKVM_PROBE_KVM_VM, VMWKVM_PROBE_SCOPE_VM);
 	ck_assert_int_eq(it->state, VMWKVM_PROBE_UNKNOWN);
 	ck_assert_int_eq(it->err, -e);
@@ -673,9 +657,7 @@ START_TEST(fail_create_vm)
 	ck_assert_msg(it->state == VMWKVM_PROBE_UNKNOWN, "%s", it->reason);
 	ASSERT_REASON_HAS(it, vmwkvm_errno_name(e));
 	ASSERT_STATE(p, VMWKVM_PROBE_VMWARE_DIALECT, VMWKVM_PROBE_SCOPE_VM, VMWKVM_PROBE_UNKNOWN);
-	vmwkvm_probe_free(p);
-	assert_fds_balanced(m, NULL, 0);
-	model_down(m);
+	probe_finish(m, p);
 }
 END_TEST
 
@@ -697,9 +679,7 @@ START_TEST(fail_open_and_read_file)
 	ASSERT_REASON_HAS(it, vmwkvm_errno_name(e));
 	ASSERT_STATE(p, VMWKVM_PROBE_UFFD_SYSCTL, VMWKVM_PROBE_SCOPE_HOST, VMWKVM_PROBE_UNKNOWN);
 	ASSERT_REASON_HAS(item(p, VMWKVM_PROBE_UFFD_SYSCTL, VMWKVM_PROBE_SCOPE_HOST), vmwkvm_errno_name(e));
-	vmwkvm_probe_free(p);
-	assert_fds_balanced(m, NULL, 0);
-	model_down(m);
+	probe_finish(m, p);
 }
 END_TEST
 
@@ -714,11 +694,7 @@ START_TEST(sweep_each_ioctl)
 {
 	int e = inject_errnos[_i];
 	struct kmodel *m = model_up(KMODEL_DIALECT_RUSIN_V2);
-	struct vmwkvm_probe_opts o;
-	memset(&o, 0, sizeof(o));
-	o.sz = sizeof(o);
-	o.dialect = "rusin-v2";
-	vmwkvm_probe *p = probe_opts(&o);
+	vmwkvm_probe *p = probe_dialect("rusin-v2");
 	vmwkvm_probe_free(p);
 	size_t n = kmodel_log_count(m);
 	struct kmodel_call calls[400];
@@ -739,7 +715,7 @@ START_TEST(sweep_each_ioctl)
 			nth += calls[j].req == calls[k].req && calls[j].cap == calls[k].cap;
 		m = model_up(KMODEL_DIALECT_RUSIN_V2);
 		ck_assert_int_eq(kmodel_inject_fault(m, calls[k].req, calls[k].cap, nth, e), 0);
-		p = probe_opts(&o);
+		p = probe_dialect("rusin-v2");
 		bool found = false;
 		for (size_t i = 0; i < vmwkvm_probe_count(p); i++) {
 			const struct vmwkvm_probe_item *it = vmwkvm_probe_item(p, i);
