@@ -260,6 +260,21 @@ static void chan_drop_in(struct vmwkvm_rpc *rpc, struct rpc_chan *c)
 	c->send_state = SEND_IDLE;
 }
 
+/* A checkpoint interrupted the guest's send: the partial message is dropped. */
+static void cpt_drop_send(struct vmwkvm_rpc *rpc, struct rpc_chan *c)
+{
+	chan_drop_in(rpc, c);
+	c->cpt = false;
+}
+
+/* A checkpoint interrupted the guest's receive: it starts again at RECVSIZE. */
+static void cpt_restart_recv(struct rpc_chan *c)
+{
+	c->cpt = false;
+	c->recv_started = false;
+	c->out_off = 0;
+}
+
 static void chan_free(struct vmwkvm_rpc *rpc, uint16_t id)
 {
 	struct rpc_chan *c = rpc->chans[id];
@@ -694,8 +709,7 @@ static uint16_t lb_sendpayload(struct vmwkvm_rpc *rpc, struct rpc_chan *c, uint1
 	if (c->send_state != SEND_COLLECTING || c->in_got >= c->in_len || c->hb_state == HB_ACTIVE)
 		return ST_FAIL;
 	if (c->cpt) {
-		chan_drop_in(rpc, c);
-		c->cpt = false;
+		cpt_drop_send(rpc, c);
 		return ST_CPT;
 	}
 	size_t n = c->in_len - c->in_got;
@@ -742,9 +756,7 @@ static uint16_t lb_recvpayload(struct vmwkvm_rpc *rpc, struct rpc_chan *c, const
 	if (!c->out || !c->recv_started || c->hb_state == HB_ACTIVE)
 		return ST_FAIL;
 	if (c->cpt) {
-		c->cpt = false;
-		c->recv_started = false;
-		c->out_off = 0;
+		cpt_restart_recv(c);
 		return ST_CPT;
 	}
 	if (!(g->ebx & VMWKVM_RPC_STATUS_SUCCESS)) {
@@ -772,9 +784,7 @@ static uint16_t lb_recvstatus(struct vmwkvm_rpc *rpc, struct rpc_chan *c, const 
 	if (!c->out || !c->recv_started || c->hb_state == HB_ACTIVE)
 		return ST_FAIL;
 	if (c->cpt) {
-		c->cpt = false;
-		c->recv_started = false;
-		c->out_off = 0;
+		cpt_restart_recv(c);
 		return ST_CPT;
 	}
 	if ((g->ebx & VMWKVM_RPC_STATUS_SUCCESS) && c->out->seq)
@@ -835,8 +845,7 @@ static bool hb_send_piece(struct vmwkvm_rpc *rpc, struct rpc_chan *c, uint16_t i
 	bool first = call->hb_flags & VMWKVM_HB_FIRST, last = call->hb_flags & VMWKVM_HB_LAST;
 	if (first) {
 		if (c->cpt && c->send_state == SEND_COLLECTING) {
-			chan_drop_in(rpc, c);
-			c->cpt = false;
+			cpt_drop_send(rpc, c);
 			hb_fail(c, ST_CPT);
 			return false;
 		}
@@ -855,8 +864,7 @@ static bool hb_send_piece(struct vmwkvm_rpc *rpc, struct rpc_chan *c, uint16_t i
 		return false;
 	}
 	if (c->cpt) {
-		chan_drop_in(rpc, c);
-		c->cpt = false;
+		cpt_drop_send(rpc, c);
 		hb_fail(c, ST_CPT);
 		return false;
 	}
@@ -889,9 +897,7 @@ static bool hb_recv_piece(struct rpc_chan *c, uint16_t id, const struct vmwkvm_c
 	bool first = call->hb_flags & VMWKVM_HB_FIRST, last = call->hb_flags & VMWKVM_HB_LAST;
 	if (first) {
 		if (c->cpt && c->out && c->recv_started) {
-			c->cpt = false;
-			c->recv_started = false;
-			c->out_off = 0;
+			cpt_restart_recv(c);
 			hb_fail(c, ST_CPT);
 			return false;
 		}
@@ -909,9 +915,7 @@ static bool hb_recv_piece(struct rpc_chan *c, uint16_t id, const struct vmwkvm_c
 		return false;
 	}
 	if (c->cpt) {
-		c->cpt = false;
-		c->recv_started = false;
-		c->out_off = 0;
+		cpt_restart_recv(c);
 		hb_fail(c, ST_CPT);
 		return false;
 	}
