@@ -265,6 +265,13 @@ void vk_cpu_mode_from_sregs(const struct kvm_sregs *s, uint64_t rflags, struct v
 	}
 }
 
+/* KVM_GET_REGS then KVM_GET_SREGS; 0 or the first -errno. */
+static int get_regs_sregs(int fd, struct kvm_regs *regs, struct kvm_sregs *sregs)
+{
+	int r = vk_ioctl(fd, KVM_GET_REGS, regs);
+	return r < 0 ? r : vk_ioctl(fd, KVM_GET_SREGS, sregs);
+}
+
 int vk_vcpu_read_cpu(struct vmwkvm_vcpu *vcpu, struct vmwkvm_cpu_state *cpu)
 {
 	memset(cpu, 0, sizeof(*cpu));
@@ -276,10 +283,7 @@ int vk_vcpu_read_cpu(struct vmwkvm_vcpu *vcpu, struct vmwkvm_cpu_state *cpu)
 	}
 	struct kvm_regs regs;
 	struct kvm_sregs sregs;
-	int r = vk_ioctl(vcpu->fd, KVM_GET_REGS, &regs);
-	if (r < 0)
-		return r;
-	r = vk_ioctl(vcpu->fd, KVM_GET_SREGS, &sregs);
+	int r = get_regs_sregs(vcpu->fd, &regs, &sregs);
 	if (r < 0)
 		return r;
 	memcpy(&cpu->regs, &regs, sizeof(cpu->regs));
@@ -294,10 +298,7 @@ int vk_vcpu_refresh_sync(struct vmwkvm_vcpu *vcpu)
 	struct kvm_run *run = vcpu->run;
 	struct kvm_regs regs;
 	struct kvm_sregs sregs;
-	int r = vk_ioctl(vcpu->fd, KVM_GET_REGS, &regs);
-	if (r < 0)
-		return r;
-	r = vk_ioctl(vcpu->fd, KVM_GET_SREGS, &sregs);
+	int r = get_regs_sregs(vcpu->fd, &regs, &sregs);
 	if (r < 0)
 		return r;
 	run->s.regs.regs = regs;
