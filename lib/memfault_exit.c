@@ -94,6 +94,17 @@ static void fail_fault(const struct vmwkvm_memfault *mf, const struct mf_table *
 	f->fail_rec.error = e;
 }
 
+/* The handlers' verdict was carried out with result e: handled, or a counted failure. */
+static int applied(struct vmwkvm_memfault *mf, const struct mf_table *t, struct mf_fault *f, int e)
+{
+	if (e < 0) {
+		fail_fault(mf, t, f, e);
+		vk_mf_count(mf, ST_FAILURES, 1);
+		return VMWKVM_MF_EXIT_FAILED;
+	}
+	return VMWKVM_MF_EXIT_HANDLED;
+}
+
 static int finish(const struct mf_fault *f, const struct mf_table *t, struct vmwkvm_memfault *mf,
 		  struct vmwkvm_mf_record *rec, int result)
 {
@@ -205,13 +216,7 @@ static int handle_memory_fault(struct vmwkvm_memfault *mf, struct kvm_run *run, 
 			e = unprotect_span(mf, t, &f, gpa, covered, false);
 		if (e == 0 && f.source == VMWKVM_MF_SRC_KVM_USERFAULT)
 			userfault_clear(t, gpa, covered);
-		if (e < 0) {
-			fail_fault(mf, t, &f, e);
-			vk_mf_count(mf, ST_FAILURES, 1);
-			result = VMWKVM_MF_EXIT_FAILED;
-		} else {
-			result = VMWKVM_MF_EXIT_HANDLED;
-		}
+		result = applied(mf, t, &f, e);
 	}
 	result = finish(&f, t, mf, rec, result);
 	vk_mf_fault_fini(&f);
@@ -332,13 +337,7 @@ static int handle_mmio(struct vmwkvm_memfault *mf, struct kvm_run *run, vmwkvm_v
 					memcpy(run->mmio.data, buf, len);
 			}
 		}
-		if (e < 0) {
-			fail_fault(mf, t, &f, e);
-			vk_mf_count(mf, ST_FAILURES, 1);
-			result = VMWKVM_MF_EXIT_FAILED;
-		} else {
-			result = VMWKVM_MF_EXIT_HANDLED;
-		}
+		result = applied(mf, t, &f, e);
 	}
 	result = finish(&f, t, mf, rec, result);
 	vk_mf_fault_fini(&f);
