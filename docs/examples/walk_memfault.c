@@ -17,6 +17,7 @@
 #include <fcntl.h>
 #include <linux/kvm.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -49,9 +50,11 @@ static int fail(const char *what, int err)
 }
 
 /* the snapshot: one saved page and whether it was saved */
+/* Written by the handler, which for userfaultfd faults runs on the dispatcher's thread:
+ * `saved` is published with release order after the copy, and read with acquire order. */
 struct snapshot {
 	uint8_t page[PAGE];
-	int saved;
+	atomic_int saved;
 };
 
 //! [handler]
@@ -65,9 +68,9 @@ static int save_before_write(vmwkvm_memfault *mf, const struct vmwkvm_mf_record 
 	struct snapshot *snap = ctx;
 	if (!rec->data || rec->gpa < WATCHED_GPA || rec->gpa + rec->size > WATCHED_GPA + PAGE)
 		return -EINVAL; /* not what this handler watches: the access is not let through */
-	if (!snap->saved) {
+	if (!atomic_load_explicit(&snap->saved, memory_order_relaxed)) {
 		memcpy(snap->page + (rec->gpa - WATCHED_GPA), rec->data, rec->size);
-		snap->saved = 1;
+		atomic_store_explicit(&snap->saved, 1, memory_order_release);
 	}
 	act->kind = VMWKVM_MF_ACT_UNPROTECT;
 	return 0;
@@ -199,7 +202,8 @@ int main(void)
 	}
 	alarm(0);
 
-	int ok = snap.saved && snap.page[0] == 0xaa && ram[WATCHED_GPA] == 0x5a;
+	int ok = atomic_load_explicit(&snap.saved, memory_order_acquire) && snap.page[0] == 0xaa &&
+		 ram[WATCHED_GPA] == 0x5a;
 	printf("saved copy holds 0x%02x (want 0xaa), RAM holds 0x%02x (want 0x5a): %s\n", snap.page[0],
 	       ram[WATCHED_GPA], ok ? "correct" : "WRONG");
 

@@ -214,7 +214,9 @@ static int kvm_loop(struct demo_vm *d, int cpu)
 		if (demo_should_stop(d))
 			return 0;
 		demo_pause_point(d, cpu);
-		v->run->immediate_exit = 0;
+		/* kvm_run.immediate_exit is shared with kick() on the main thread (and read by KVM):
+		 * both sides use atomic accesses */
+		__atomic_store_n(&v->run->immediate_exit, 0, __ATOMIC_SEQ_CST);
 		if (atomic_load(&d->pause_req) || demo_should_stop(d))
 			continue;
 		int r = vmwkvm_vcpu_run(v->lib);
@@ -288,7 +290,7 @@ int demo_vm_start(struct demo_vm *d)
 static void kick(struct demo_vm *d, int i)
 {
 	if (d->kvm && d->vcpu[i].run)
-		d->vcpu[i].run->immediate_exit = 1;
+		__atomic_store_n(&d->vcpu[i].run->immediate_exit, 1, __ATOMIC_SEQ_CST);
 	pthread_kill(d->vcpu[i].th, SIGUSR1);
 }
 

@@ -71,7 +71,7 @@ static void *watchdog_main(void *p)
 		for (int i = 0; i < NCPU; i++) {
 			if (!atomic_load(&w->args[i].done)) {
 				all = false;
-				k.cpu[i].run->immediate_exit = 1;
+				__atomic_store_n(&k.cpu[i].run->immediate_exit, 1, __ATOMIC_SEQ_CST);
 				pthread_kill(k.cpu[i].th, SIGUSR1);
 			}
 		}
