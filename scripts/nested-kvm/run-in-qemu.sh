@@ -416,7 +416,9 @@ boot_once() {
 			-kernel "$VMLINUZ" -initrd "$INITRD" -append "$APPEND" \
 			</dev/null 2> >(grep -v "TCG doesn't support requested feature" >&2)
 		echo $? >"$WORK/qemu.rc"
-	) | tr -d '\r' | tee "$LOG" &
+	) | sed -u 's/\r//g' | tee "$LOG" &
+	# (sed -u: unbuffered; a block-buffering filter here held the "/dev/kvm ready" line back
+	# until 4 KiB of output had followed it, so a quiet test run tripped the boot watchdog)
 	local pipe=$!
 	start=$(date +%s)
 	# boot watchdog: a guest that has not loaded kvm within BOOT_TIMEOUT_S is stuck
