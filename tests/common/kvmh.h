@@ -114,6 +114,10 @@ int kvmh_run_until_exit(struct kvmh *h, int max_runs);
 /* Watchdog: SIGALRM handler installed without SA_RESTART, so a vCPU stuck in KVM_RUN
  * returns EINTR after `seconds`. kvmh_watchdog_fired() says whether it went off. */
 void kvmh_watchdog_arm(unsigned seconds);
+/* The factor every test watchdog and timeout is multiplied by: environment variable
+ * VMWKVM_TEST_TIMEOUT_SCALE (CTest sets it from the build's cache variable of that name),
+ * 1 when unset. kvmh_watchdog_arm() applies it itself. */
+unsigned kvmh_timeout_scale(void);
 void kvmh_watchdog_disarm(void);
 bool kvmh_watchdog_fired(void);
 

@@ -111,7 +111,7 @@ static void stress(bool memfd)
 
 	struct vcpu_arg args[NCPU];
 	atomic_int stop = 0;
-	struct watchdog wd = { .seconds = 120, .args = args };
+	struct watchdog wd = { .seconds = 120 * kvmh_timeout_scale(), .args = args };
 	pthread_mutex_init(&wd.lock, NULL);
 	pthread_cond_init(&wd.cond, NULL);
 	for (int i = 0; i < NCPU; i++) {
