@@ -1,5 +1,10 @@
 # Install the build into a temporary prefix and build/run consumers against it.
-# cmake -DBUILD_DIR= -DSRC= -DWORK= -DCC= -DCXX= -DPKG_CONFIG= -DGENERATOR= -DMAKE_PROGRAM= -DEXTRA_FLAGS= -P run-consumer.cmake
+# cmake -DBUILD_DIR= -DSRC= -DWORK= -DCC= -DCXX= -DPKG_CONFIG= -DGENERATOR= -DMAKE_PROGRAM= -DEXTRA_FLAGS=
+#       -DINSTALL_RPATH= -P run-consumer.cmake
+# INSTALL_RPATH is the build's CMAKE_INSTALL_RPATH: "$ORIGIN/..." by default, empty in a
+# distribution build (-DVMWKVM_INSTALL_RPATH=OFF, debian/rules), where the library sits in the
+# system's search path; the installed programs then carry no RUNPATH and are run here with
+# LD_LIBRARY_PATH pointing at the prefix, as the system's loader path would.
 cmake_policy(VERSION 3.25)
 
 function(run)
@@ -58,10 +63,16 @@ string(REGEX MATCH "VMWKVM_VERSION_STRING \"([0-9.]+)\"" _ "${vh}")
 message(STATUS "installed libvmwkvm ${CMAKE_MATCH_1}: ${reallib}")
 
 # 2b. installed programs run from the prefix, without LD_LIBRARY_PATH (RUNPATH $ORIGIN/...)
-# run_prog(WHAT ... STATUS <accepted exit codes> CMD ...): run with LD_LIBRARY_PATH unset.
+# run_prog(WHAT ... STATUS <accepted exit codes> CMD ...): run with LD_LIBRARY_PATH unset
+# (RUNPATH build) or set to the prefix's libdir only (distribution build, no RUNPATH).
+if(INSTALL_RPATH)
+  set(prog_env --unset=LD_LIBRARY_PATH)
+else()
+  set(prog_env LD_LIBRARY_PATH=${libdir})
+endif()
 function(run_prog)
   cmake_parse_arguments(R "" "WHAT" "STATUS;CMD" ${ARGN})
-  execute_process(COMMAND ${CMAKE_COMMAND} -E env --unset=LD_LIBRARY_PATH ${R_CMD}
+  execute_process(COMMAND ${CMAKE_COMMAND} -E env ${prog_env} ${R_CMD}
                   RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
   if(NOT rc IN_LIST R_STATUS)
     message(FATAL_ERROR "consumer test: installed ${R_WHAT} exited ${rc} (want ${R_STATUS}):\n"
@@ -79,8 +90,10 @@ if(EXISTS ${PREFIX}/bin/vmwkvm-minivmm)
   if(READELF)
     foreach(prog vmwkvm-probe vmwkvm-minivmm)
       run(WHAT "readelf -d ${prog}" CMD ${READELF} -d ${PREFIX}/bin/${prog})
-      if(NOT RUN_OUT MATCHES "\\$ORIGIN/")
+      if(INSTALL_RPATH AND NOT RUN_OUT MATCHES "\\(RUNPATH\\)[^\n]*\\$ORIGIN/")
         message(FATAL_ERROR "consumer test: ${prog} has no $ORIGIN-relative RUNPATH:\n${RUN_OUT}")
+      elseif(NOT INSTALL_RPATH AND RUN_OUT MATCHES "\\((RUNPATH|RPATH)\\)")
+        message(FATAL_ERROR "consumer test: distribution build, but ${prog} has a RUNPATH:\n${RUN_OUT}")
       endif()
     endforeach()
   endif()
