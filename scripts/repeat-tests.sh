@@ -3,6 +3,10 @@
 #   ./scripts/repeat-tests.sh [preset] [N]     (default: default 20)
 # Builds first (like scripts/test.sh). Prints one line per run and, at the end, every test
 # that failed at least once with its count; exits 1 if any run failed.
+# The runs are local: where /dev/kvm is absent the kvm-labelled tests skip in them. There,
+#   scripts/nested-kvm/run-in-qemu.sh -B build -t 36000 -- \
+#       ctest --test-dir "$PWD/build" -L kvm --repeat until-fail:20
+# repeats them in the nested KVM (one boot; hours under TCG).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 preset="${1:-default}"
