@@ -4,7 +4,7 @@
 # run-in-qemu.sh: run a command against a REAL /dev/kvm on a machine that has none,
 # by booting a Debian kernel inside QEMU with TCG (software emulation) and an
 # emulated AMD SVM CPU, loading kvm + kvm_amd there, and running the command in
-# that guest. Developer tool only; CI machines are expected to have /dev/kvm.
+# that guest. Used by scripts/test.sh and scripts/demo.sh (and so by CI) where /dev/kvm is absent.
 #
 # Usage: scripts/nested-kvm/run-in-qemu.sh [options] [-- command [args...]]
 #   default command: ctest --test-dir <build> -L kvm --output-on-failure
