@@ -33,6 +33,7 @@ struct writer {
 	uint8_t *mem;
 	unsigned id;
 	atomic_int *stop;
+	atomic_int *warm; /* writers that have written every page once */
 	unsigned long n; /* writes done */
 	atomic_long bad;
 };
@@ -48,6 +49,8 @@ static void *writer_main(void *p)
 		atomic_store_explicit(slot(w->mem, page, w->id), k, memory_order_relaxed);
 		if (atomic_load_explicit(slot(w->mem, page, w->id), memory_order_relaxed) != k)
 			atomic_fetch_add(&w->bad, 1);
+		if (k == NPAGES)
+			atomic_fetch_add(w->warm, 1);
 	}
 	w->n = k;
 	return NULL;
@@ -58,15 +61,19 @@ struct protector {
 	vmwkvm_memfault *mf;
 	long target;
 	atomic_int *stop;
+	atomic_int *warm;
 	long rounds;
 	long errors;
 };
 
-/* Changes the protection of random ranges `target` times, then stops the writers. */
+/* Once every writer is running (on a loaded machine a writer may not have been scheduled
+ * yet), changes the protection of random ranges `target` times, then stops the writers. */
 static void *protector_main(void *p)
 {
 	struct protector *pr = p;
 	unsigned seed = 12345;
+	while (atomic_load(pr->warm) < NWRITERS)
+		sched_yield();
 	while (pr->rounds < pr->target) {
 		unsigned a = rand_r(&seed) % NPAGES, n = 1 + rand_r(&seed) % (NPAGES - a);
 		if (vmwkvm_memfault_write_protect(pr->mf, GPA0 + a * PG, n * PG) < 0)
@@ -104,13 +111,13 @@ static void no_lost_write(uint8_t *mem, struct vmwkvm_mf_region *reg)
 	ck_assert_int_eq(vmwkvm_memfault_start(mf), 0);
 	atomic_store(&write_faults, 0);
 
-	atomic_int stop = 0;
+	atomic_int stop = 0, warm = 0;
 	struct writer w[NWRITERS];
 	for (unsigned i = 0; i < NWRITERS; i++) {
-		w[i] = (struct writer){ .mem = mem, .id = i, .stop = &stop };
+		w[i] = (struct writer){ .mem = mem, .id = i, .stop = &stop, .warm = &warm };
 		ck_assert_int_eq(pthread_create(&w[i].th, NULL, writer_main, &w[i]), 0);
 	}
-	struct protector pr = { .mf = mf, .target = 400l * scale(), .stop = &stop };
+	struct protector pr = { .mf = mf, .target = 400l * scale(), .stop = &stop, .warm = &warm };
 	ck_assert_int_eq(pthread_create(&pr.th, NULL, protector_main, &pr), 0);
 	pthread_join(pr.th, NULL);
 	unsigned long n = 0;
@@ -123,6 +130,7 @@ static void no_lost_write(uint8_t *mem, struct vmwkvm_mf_region *reg)
 
 	for (unsigned i = 0; i < NWRITERS; i++) {
 		ck_assert_int_eq(atomic_load(&w[i].bad), 0);
+		ck_assert_uint_ge(w[i].n, NPAGES);
 		for (unsigned page = 0; page < NPAGES; page++) {
 			/* the last k <= n with k % NPAGES == page */
 			unsigned long last = w[i].n - ((w[i].n - page) % NPAGES);
