@@ -66,15 +66,20 @@ struct protector {
 	long errors;
 };
 
+static atomic_long write_faults;
+#define MIN_WRITE_FAULTS 32
+
 /* Once every writer is running (on a loaded machine a writer may not have been scheduled
- * yet), changes the protection of random ranges `target` times, then stops the writers. */
+ * yet), changes the protection of random ranges at least `target` times and until the
+ * writers have hit a protected page MIN_WRITE_FAULTS times (a descheduled writer can miss
+ * every round), then stops the writers. */
 static void *protector_main(void *p)
 {
 	struct protector *pr = p;
 	unsigned seed = 12345;
 	while (atomic_load(pr->warm) < NWRITERS)
 		sched_yield();
-	while (pr->rounds < pr->target) {
+	while (pr->rounds < pr->target || atomic_load(&write_faults) < MIN_WRITE_FAULTS) {
 		unsigned a = rand_r(&seed) % NPAGES, n = 1 + rand_r(&seed) % (NPAGES - a);
 		if (vmwkvm_memfault_write_protect(pr->mf, GPA0 + a * PG, n * PG) < 0)
 			pr->errors++;
@@ -88,7 +93,6 @@ static void *protector_main(void *p)
 	return NULL;
 }
 
-static atomic_long write_faults;
 static int count_handler(vmwkvm_memfault *m, const struct vmwkvm_mf_record *rec, struct vmwkvm_mf_action *act,
 			 void *ctx)
 {
@@ -144,7 +148,7 @@ static void no_lost_write(uint8_t *mem, struct vmwkvm_mf_region *reg)
 			"%llu uffd faults, %llu wakes\n",
 		n, pr.rounds, atomic_load(&write_faults), (unsigned long long)st.faults[VMWKVM_MF_SRC_UFFD],
 		(unsigned long long)st.wakes);
-	ck_assert_int_gt(atomic_load(&write_faults), 0);
+	ck_assert_int_ge(atomic_load(&write_faults), MIN_WRITE_FAULTS);
 	vmwkvm_memfault_free(mf);
 }
 
