@@ -596,7 +596,7 @@ struct churn_arg {
 	vmwkvm_memfault *mf;
 	atomic_int *stop;
 	int id;
-	long ok;
+	atomic_long ok; /* dispatches done; read by the churning thread */
 };
 
 static void *churn_vcpu(void *p)
@@ -608,14 +608,24 @@ static void *churn_vcpu(void *p)
 		mf_fake_mmio(&r, GPA0 + (uint64_t)a->id * 64, 4, true, &v);
 		int res = vmwkvm_memfault_handle_run(a->mf, &r, sizeof(r), 0, NULL, NULL);
 		ck_assert_int_eq(res, VMWKVM_MF_EXIT_HANDLED);
-		a->ok++;
+		atomic_fetch_add(&a->ok, 1);
 	}
 	return NULL;
+}
+
+/* Whether every churn thread has dispatched at least @p n times. */
+static bool churn_all_dispatched(struct churn_arg *args, int nargs, long n)
+{
+	for (int i = 0; i < nargs; i++)
+		if (atomic_load(&args[i].ok) < n)
+			return false;
+	return true;
 }
 
 START_TEST(churn_ranges_while_dispatching)
 {
 	uint8_t *mem = mf_anon(PG);
+	memset(mem, 0xa5, PG); /* every thread's value, thread 0's too, must be written */
 	struct vmwkvm_mf_region reg = mf_region(GPA0, mem, PG, VMWKVM_MF_MEM_ANON);
 	ck_assert_int_eq(vmwkvm_memfault_add_region(mf, &reg), 0);
 	atomic_int stop = 0;
@@ -625,8 +635,12 @@ START_TEST(churn_ranges_while_dispatching)
 		args[i] = (struct churn_arg){ .mf = mf, .stop = &stop, .id = i };
 		ck_assert_int_eq(pthread_create(&th[i], NULL, churn_vcpu, &args[i]), 0);
 	}
+	/* churn only while every thread dispatches: on a loaded machine a thread may otherwise
+	 * not be scheduled before the 300 rounds are over (seen: its word never written) */
+	while (!churn_all_dispatched(args, 4, 1))
+		sched_yield();
 	atomic_int calls = 0;
-	for (int round = 0; round < 300; round++) {
+	for (int round = 0; round < 300 || !churn_all_dispatched(args, 4, 300); round++) {
 		struct mf_log log;
 		mf_log_init(&log, 0);
 		struct vmwkvm_mf_range r = mf_range(GPA0 + (uint64_t)(round % 4) * 64, 64, VMWKVM_MF_ACCESS_WRITE,
