@@ -1,7 +1,9 @@
 /* Probe items of the vmware and nested groups: module parameter, per-dialect policy,
  * active dialect, per-VM state, nested backdoor, origin reporting. */
-#include "probe/probe_internal.h"
+#include "probe/probe_vmware.h"
+
 #include "core/dialect_probe.h"
+#include "probe/items.h"
 
 #include <errno.h>
 #include <stdio.h>

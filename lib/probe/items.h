@@ -1,6 +1,7 @@
-/* Internal declarations of the probe (probe.c, probe_vmware.c). Not installed. */
-#ifndef VMWKVM_LIB_PROBE_INTERNAL_H
-#define VMWKVM_LIB_PROBE_INTERNAL_H
+/* The probe's item store and run context (items.c), used by every probe group file.
+ * Not installed. */
+#ifndef VMWKVM_LIB_PROBE_ITEMS_H
+#define VMWKVM_LIB_PROBE_ITEMS_H
 
 #include "core/internal.h"
 
@@ -41,8 +42,5 @@ void vk_probe_add(struct vmwkvm_probe *p, uint32_t id, uint32_t group, uint32_t 
 const struct vmwkvm_probe_item *vk_probe_get(const struct vmwkvm_probe *p, uint32_t id, uint32_t scope);
 /* "EINTR (interrupted)" */
 int vk_probe_errstr(char *buf, size_t len, int err);
-
-/* vmware and nested groups (probe_vmware.c) */
-void vk_probe_vmware(struct vmwkvm_probe *p, struct vk_probe_ctx *c);
 
 #endif
