@@ -1,5 +1,12 @@
 /*
- * Internal structures of the memory-fault dispatcher (memfault*.c). Not installed.
+ * Internal structures of the memory-fault dispatcher (lib/memfault/). Not installed.
+ * The functions are declared by layer, each header by the file that defines them, and a
+ * file calls only the layers below it (lib/memfault/README.md):
+ *   memfault.c   the object, regions and ranges (top)
+ *   uffd.c       userfaultfd source and service thread     kvm_exit.c  KVM-exit source
+ *   protect.c    protection and guest-RAM access            engine.c    dispatch engine
+ *   table.c      region/range tables, pinning, grace period
+ *   uffd_io.c    userfaultfd ioctls and message queues (bottom)
  *
  * Tables. The regions and handler ranges live in an immutable snapshot (struct mf_table)
  * that writers replace copy-on-write under mf->wlock. Readers pin the current snapshot:
@@ -28,6 +35,9 @@
 #include <string.h>
 
 #include <vmwkvm/memfault.h>
+
+/* smallest page of a region (and of the zero and scratch buffers) */
+#define MF_MIN_PAGE 4096u
 
 /* page state bits */
 #define PST_WP 0x01u      /* write-protected by the library */
@@ -170,19 +180,13 @@ struct vmwkvm_memfault {
 	atomic_ullong stat[ST_COUNT];
 };
 
-/* ---- memfault.c: tables ---- */
-struct mf_table *vk_mf_pin(struct vmwkvm_memfault *mf);
-void vk_mf_unpin(struct vmwkvm_memfault *mf, struct mf_table *t);
-struct mf_region *vk_mf_region_by_gpa(const struct mf_table *t, uint64_t gpa);
-struct mf_region *vk_mf_region_by_hva(const struct mf_table *t, uint64_t hva);
-/* first range whose end is above gpa (index into t->ranges), or t->nrange */
-size_t vk_mf_range_lower(const struct mf_table *t, uint64_t gpa);
+/* ---- counters ---- */
 static inline void vk_mf_count(struct vmwkvm_memfault *mf, enum mf_stat s, uint64_t n)
 {
 	atomic_fetch_add_explicit(&mf->stat[s], n, memory_order_relaxed);
 }
 
-/* ---- memfault.c: the dispatch engine (all sources) ---- */
+/* ---- a fault on its way through the dispatch engine (engine.h) ---- */
 #define MF_MAX_INLINE_PIECES 8
 struct mf_piece {
 	uint64_t gpa, size;
@@ -211,15 +215,6 @@ struct mf_fault {
 	bool any_handler;
 };
 #define MF_VERDICT_RESOLVE 0
-/* Run the handlers for f over table t. Sets f->verdict (MF_VERDICT_RESOLVE, RETRY, FAIL).
- * Returns 0 or -ENOMEM. */
-int vk_mf_run_handlers(struct vmwkvm_memfault *mf, struct mf_table *t, struct mf_fault *f);
-void vk_mf_fault_fini(struct mf_fault *f);
-/* true when every piece overlapping [gpa, gpa+len) asks to keep the protection */
-bool vk_mf_keep_protection(const struct mf_fault *f, uint64_t gpa, uint64_t len);
-/* fill a record for the whole fault */
-void vk_mf_fault_record(const struct vmwkvm_memfault *mf, const struct mf_table *t, const struct mf_fault *f,
-			struct vmwkvm_mf_record *rec);
 
 /* Copy between guest RAM and the library. Guest memory is shared with agents whose order the
  * kernel, not the C memory model, guarantees (a writer sleeps in a fault until the library
@@ -245,14 +240,7 @@ static inline void vk_mf_guest_zero(void *dst, size_t n)
 #endif
 }
 
-/* ---- memfault.c: protection (caller holds no lock) ---- */
-/* unprotect pages [gpa, gpa+len) of region r (page aligned, inside r). dontwake: keep
- * userfaultfd waiters asleep. */
-int vk_mf_unprotect_region(struct vmwkvm_memfault *mf, struct mf_region *r, uint64_t gpa, uint64_t len,
-			   bool dontwake);
-/* write / read guest RAM of region r (inside r) whatever its protection */
-int vk_mf_ram_write(struct vmwkvm_memfault *mf, struct mf_region *r, uint64_t gpa, const void *src, size_t len);
-int vk_mf_ram_read(struct vmwkvm_memfault *mf, struct mf_region *r, uint64_t gpa, void *dst, size_t len);
+/* ---- page state ---- */
 static inline uint64_t vk_mf_page_index(const struct mf_region *r, uint64_t gpa)
 {
 	return (gpa - r->gpa) >> r->page_shift;
@@ -261,26 +249,5 @@ static inline uint8_t vk_mf_pst(const struct mf_region *r, uint64_t gpa)
 {
 	return atomic_load_explicit(&r->pst[vk_mf_page_index(r, gpa)], memory_order_acquire);
 }
-
-/* ---- memfault_uffd.c ---- */
-int vk_mf_uffd_open(struct vmwkvm_memfault *mf);
-void vk_mf_uffd_close(struct vmwkvm_memfault *mf);
-/* (re-)register region r with at least `modes`; under prot_lock */
-int vk_mf_uffd_register(struct vmwkvm_memfault *mf, struct mf_region *r, uint64_t modes);
-int vk_mf_uffd_unregister(struct vmwkvm_memfault *mf, struct mf_region *r);
-/* UFFDIO_WRITEPROTECT on [hva, hva+len) with EAGAIN handling */
-int vk_mf_uffd_wp(struct vmwkvm_memfault *mf, uint64_t hva, uint64_t len, bool wp, bool dontwake);
-int vk_mf_uffd_wake(struct vmwkvm_memfault *mf, uint64_t hva, uint64_t len);
-/* UFFDIO_COPY: 0 copied, 1 the page was present already (waiters woken), or -errno */
-int vk_mf_uffd_copy(struct vmwkvm_memfault *mf, uint64_t hva, const void *src, uint64_t len, bool wp);
-/* forget queued faults in [hva, hva+len) (their threads were released by the caller) */
-void vk_mf_uffd_forget(struct vmwkvm_memfault *mf, uint64_t hva, uint64_t len);
-int vk_mf_uffd_ensure_fds(struct vmwkvm_memfault *mf);
-void vk_mf_svc_stop_all(struct vmwkvm_memfault *mf);
-/* true on the thread serving userfaultfd for mf (inside vmwkvm_memfault_dispatch) */
-bool vk_mf_in_dispatch(const struct vmwkvm_memfault *mf);
-/* test hook: features the library must pretend the kernel lacks (set before new()) */
-void vk_mf_test_mask_features(uint64_t mask);
-uint64_t vk_mf_test_masked_features(void);
 
 #endif

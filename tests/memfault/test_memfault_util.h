@@ -16,7 +16,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "memfault/memfault_internal.h"
+#include "memfault/uffd_io.h"
 
 #define PG 4096ull
 

@@ -5,7 +5,9 @@
  * Everything read from kvm_run is copied once into locals and validated before use:
  * the access width of an MMIO exit must be 1..8; GPAs and sizes are clipped to guest RAM.
  */
-#include "memfault/memfault_internal.h"
+#include "memfault/engine.h"
+#include "memfault/protect.h"
+#include "memfault/table.h"
 
 #include <errno.h>
 #include <string.h>
