@@ -8,7 +8,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "backdoor/rpc.h"
+#include "backdoor/rpc_chan.h"
 
 #define MAGIC VMWKVM_BDOOR_MAGIC
 #define RPCI VMWKVM_RPC_PROTO_RPCI
