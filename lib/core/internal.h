@@ -76,7 +76,7 @@ struct vmwkvm_vcpu {
 /* Fill the decode environment of a vCPU's VM. */
 void vk_vm_decode_env(const struct vmwkvm_vm *vm, size_t run_size, struct vmwkvm_decode_env *env);
 
-/* Register access for the exit path (exit.c uses these) */
+/* Register access for the exit path (backdoor/exit_decode.c, exit_complete.c use these) */
 int vk_vcpu_read_cpu(struct vmwkvm_vcpu *vcpu, struct vmwkvm_cpu_state *cpu);
 int vk_vcpu_write_regs(struct vmwkvm_vcpu *vcpu, const struct vmwkvm_regs *regs);
 /* Sync mode, when the VMM cleared REGS/SREGS from kvm_valid_regs: read them by ioctl into
