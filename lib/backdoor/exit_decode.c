@@ -171,6 +171,28 @@ static bool hb_continues(const struct vmwkvm_hb_state *hb, uint32_t dir, uint64_
 	return false;
 }
 
+/* A new HB transfer: it starts with this piece (count bytes, after more to come), or broke
+ * into the one in progress. Returns the invalid reason (VMWKVM_INVALID_NONE: valid). */
+static uint32_t hb_start(struct vmwkvm_hb_state *hb, struct vmwkvm_call *call, uint32_t dir, uint64_t count,
+			 uint64_t after, uint32_t hb_max)
+{
+	const bool broke = hb->total != 0;
+	const bool too_long = after > hb_max || count > hb_max - after;
+	hb->total = too_long && after > UINT64_MAX - count ? UINT64_MAX : after + count;
+	hb->done = count;
+	hb->direction = (uint8_t)dir;
+	hb->rip = call->rip;
+	uint32_t reason = broke ? VMWKVM_INVALID_HB_SEQUENCE
+			  : !call->magic_ok ? VMWKVM_INVALID_MAGIC
+			  : too_long ? VMWKVM_INVALID_HB_LENGTH
+				      : VMWKVM_INVALID_NONE;
+	hb->rejected = (uint8_t)reason;
+	call->hb_offset = 0;
+	call->hb_total = hb->total;
+	call->hb_flags |= VMWKVM_HB_FIRST;
+	return reason;
+}
+
 static int decode_hb(const struct kvm_run *run, const struct vmwkvm_cpu_state *cpu, uint32_t hb_max,
 		     struct vmwkvm_hb_state *hb, struct vmwkvm_call *call, uint64_t data_off)
 {
@@ -211,21 +233,7 @@ static int decode_hb(const struct kvm_run *run, const struct vmwkvm_cpu_state *c
 		if (!reason && !call->magic_ok)
 			reason = hb->rejected = VMWKVM_INVALID_HB_SEQUENCE;
 	} else {
-		/* a new transfer: it starts here, or broke into the one in progress */
-		const bool broke = hb->total != 0;
-		const bool too_long = after > hb_max || count > hb_max - after;
-		hb->total = too_long && after > UINT64_MAX - count ? UINT64_MAX : after + count;
-		hb->done = count;
-		hb->direction = (uint8_t)dir;
-		hb->rip = call->rip;
-		reason = broke ? VMWKVM_INVALID_HB_SEQUENCE
-			     : !call->magic_ok ? VMWKVM_INVALID_MAGIC
-			     : too_long ? VMWKVM_INVALID_HB_LENGTH
-					 : VMWKVM_INVALID_NONE;
-		hb->rejected = (uint8_t)reason;
-		call->hb_offset = 0;
-		call->hb_total = hb->total;
-		call->hb_flags |= VMWKVM_HB_FIRST;
+		reason = hb_start(hb, call, dir, count, after, hb_max);
 	}
 	if (after == 0) {
 		call->hb_flags |= VMWKVM_HB_LAST;

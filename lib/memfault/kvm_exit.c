@@ -141,6 +141,57 @@ static void userfault_clear(const struct mf_table *t, uint64_t gpa, uint64_t len
 	}
 }
 
+/* The fault record of a KVM_EXIT_MEMORY_FAULT with these flags: which source (the
+ * dialect's userfault or permission fault, or the mainline exit) and which access. */
+static void memory_fault_init(const struct vmwkvm_memfault *mf, uint64_t flags, vmwkvm_vcpu *vcpu, struct mf_fault *f)
+{
+	memset(f, 0, sizeof(*f));
+	f->raw_flags = flags;
+	f->vcpu = vcpu;
+	f->default_kind = VMWKVM_MF_ACT_UNPROTECT;
+	if (flags & VMWKVM_UAPI_MEMORY_EXIT_FLAG_PRIVATE)
+		f->flags |= VMWKVM_MF_FLAG_PRIVATE;
+	uint64_t perm = mf->perm_read | mf->perm_write | mf->perm_exec;
+	if ((mf->dialects & VMWKVM_MF_DIALECT_KVM_USERFAULT) && (flags & mf->userfault_flag)) {
+		f->source = VMWKVM_MF_SRC_KVM_USERFAULT;
+		f->access = VMWKVM_MF_ACCESS_MISSING;
+		f->flags |= VMWKVM_MF_FLAG_UNPOPULATED;
+	} else if ((mf->dialects & VMWKVM_MF_DIALECT_PERM_FAULT) && (flags & perm)) {
+		f->source = VMWKVM_MF_SRC_PERM_FAULT;
+		if (flags & mf->perm_read)
+			f->access |= VMWKVM_MF_ACCESS_READ;
+		if (flags & mf->perm_write)
+			f->access |= VMWKVM_MF_ACCESS_WRITE;
+		if (flags & mf->perm_exec)
+			f->access |= VMWKVM_MF_ACCESS_EXEC;
+	} else {
+		f->source = VMWKVM_MF_SRC_MEMORY_FAULT_EXIT;
+		f->access = VMWKVM_MF_ACCESS_READ | VMWKVM_MF_ACCESS_WRITE;
+		f->flags |= VMWKVM_MF_FLAG_ACCESS_UNKNOWN;
+	}
+}
+
+/* The span [gpa, gpa+covered) of guest RAM the fault covers: its bytes when the handlers
+ * may read them, and whether it is protected. */
+static void memory_fault_span(const struct mf_table *t, struct mf_fault *f, uint64_t gpa, uint64_t covered)
+{
+	f->gpa = f->fault_gpa = gpa;
+	f->size = f->fault_size = covered;
+	struct mf_region *r0 = vk_mf_region_by_gpa(t, gpa);
+	if (r0->gpa + r0->size - gpa >= covered) {
+		/* readable only if no page of the span is access-protected */
+		bool readable = true;
+		for (uint64_t p = vk_mf_page_index(r0, gpa); readable && p <= vk_mf_page_index(r0, gpa + covered - 1); p++)
+			readable = !(atomic_load_explicit(&r0->pst[p], memory_order_acquire) & PST_ACC);
+		if (readable)
+			f->data = r0->hva + (gpa - r0->gpa);
+	}
+	if (f->source == VMWKVM_MF_SRC_KVM_USERFAULT)
+		f->data = NULL; /* not populated yet: what is there is not the guest's data */
+	if (vk_mf_pst(r0, gpa) & PST_PROT)
+		f->flags |= VMWKVM_MF_FLAG_PROTECTED;
+}
+
 static int handle_memory_fault(struct vmwkvm_memfault *mf, struct kvm_run *run, vmwkvm_vcpu *vcpu,
 			       struct vmwkvm_mf_record *rec)
 {
@@ -152,30 +203,7 @@ static int handle_memory_fault(struct vmwkvm_memfault *mf, struct kvm_run *run, 
 		size = UINT64_MAX - gpa + 1;
 
 	struct mf_fault f;
-	memset(&f, 0, sizeof(f));
-	f.raw_flags = flags;
-	f.vcpu = vcpu;
-	f.default_kind = VMWKVM_MF_ACT_UNPROTECT;
-	if (flags & VMWKVM_UAPI_MEMORY_EXIT_FLAG_PRIVATE)
-		f.flags |= VMWKVM_MF_FLAG_PRIVATE;
-	uint64_t perm = mf->perm_read | mf->perm_write | mf->perm_exec;
-	if ((mf->dialects & VMWKVM_MF_DIALECT_KVM_USERFAULT) && (flags & mf->userfault_flag)) {
-		f.source = VMWKVM_MF_SRC_KVM_USERFAULT;
-		f.access = VMWKVM_MF_ACCESS_MISSING;
-		f.flags |= VMWKVM_MF_FLAG_UNPOPULATED;
-	} else if ((mf->dialects & VMWKVM_MF_DIALECT_PERM_FAULT) && (flags & perm)) {
-		f.source = VMWKVM_MF_SRC_PERM_FAULT;
-		if (flags & mf->perm_read)
-			f.access |= VMWKVM_MF_ACCESS_READ;
-		if (flags & mf->perm_write)
-			f.access |= VMWKVM_MF_ACCESS_WRITE;
-		if (flags & mf->perm_exec)
-			f.access |= VMWKVM_MF_ACCESS_EXEC;
-	} else {
-		f.source = VMWKVM_MF_SRC_MEMORY_FAULT_EXIT;
-		f.access = VMWKVM_MF_ACCESS_READ | VMWKVM_MF_ACCESS_WRITE;
-		f.flags |= VMWKVM_MF_FLAG_ACCESS_UNKNOWN;
-	}
+	memory_fault_init(mf, flags, vcpu, &f);
 	atomic_fetch_add_explicit(&mf->faults[f.source], 1, memory_order_relaxed);
 
 	struct mf_table *t = vk_mf_pin(mf);
@@ -186,21 +214,7 @@ static int handle_memory_fault(struct vmwkvm_memfault *mf, struct kvm_run *run, 
 	}
 	if (covered < size)
 		f.flags |= VMWKVM_MF_FLAG_TRUNCATED;
-	f.gpa = f.fault_gpa = gpa;
-	f.size = f.fault_size = covered;
-	struct mf_region *r0 = vk_mf_region_by_gpa(t, gpa);
-	if (r0->gpa + r0->size - gpa >= covered) {
-		/* readable only if no page of the span is access-protected */
-		bool readable = true;
-		for (uint64_t p = vk_mf_page_index(r0, gpa); readable && p <= vk_mf_page_index(r0, gpa + covered - 1); p++)
-			readable = !(atomic_load_explicit(&r0->pst[p], memory_order_acquire) & PST_ACC);
-		if (readable)
-			f.data = r0->hva + (gpa - r0->gpa);
-	}
-	if (f.source == VMWKVM_MF_SRC_KVM_USERFAULT)
-		f.data = NULL; /* not populated yet: what is there is not the guest's data */
-	if (vk_mf_pst(r0, gpa) & PST_PROT)
-		f.flags |= VMWKVM_MF_FLAG_PROTECTED;
+	memory_fault_span(t, &f, gpa, covered);
 
 	int result;
 	int e = vk_mf_run_handlers(mf, t, &f);
@@ -272,6 +286,36 @@ static bool ram_io_peek_ok(struct vmwkvm_memfault *mf, const struct mf_table *t,
 	return true;
 }
 
+/* The fault record of an MMIO exit on guest RAM. */
+static void mmio_fault_init(struct mf_fault *f, uint64_t gpa, uint32_t len, bool is_write, vmwkvm_vcpu *vcpu)
+{
+	memset(f, 0, sizeof(*f));
+	f->gpa = f->fault_gpa = gpa;
+	f->size = f->fault_size = len;
+	f->source = VMWKVM_MF_SRC_MMIO_ON_RAM;
+	f->access = is_write ? VMWKVM_MF_ACCESS_WRITE : VMWKVM_MF_ACCESS_READ;
+	f->vcpu = vcpu;
+	f->raw_flags = is_write;
+	f->default_kind = VMWKVM_MF_ACT_UNPROTECT;
+}
+
+/* Perform the guest's MMIO access (len <= 8 bytes at gpa) on RAM. */
+static int mmio_perform(struct vmwkvm_memfault *mf, const struct mf_table *t, struct kvm_run *run, uint64_t gpa,
+			uint32_t len, bool is_write)
+{
+	uint8_t buf[8];
+	int e;
+	if (is_write) {
+		memcpy(buf, run->mmio.data, len);
+		e = ram_io(mf, t, gpa, buf, len, true);
+	} else {
+		e = ram_io(mf, t, gpa, buf, len, false);
+		if (e == 0)
+			memcpy(run->mmio.data, buf, len);
+	}
+	return e;
+}
+
 static int handle_mmio(struct vmwkvm_memfault *mf, struct kvm_run *run, vmwkvm_vcpu *vcpu,
 		       struct vmwkvm_mf_record *rec)
 {
@@ -289,14 +333,7 @@ static int handle_mmio(struct vmwkvm_memfault *mf, struct kvm_run *run, vmwkvm_v
 	}
 	atomic_fetch_add_explicit(&mf->faults[VMWKVM_MF_SRC_MMIO_ON_RAM], 1, memory_order_relaxed);
 	struct mf_fault f;
-	memset(&f, 0, sizeof(f));
-	f.gpa = f.fault_gpa = gpa;
-	f.size = f.fault_size = len;
-	f.source = VMWKVM_MF_SRC_MMIO_ON_RAM;
-	f.access = is_write ? VMWKVM_MF_ACCESS_WRITE : VMWKVM_MF_ACCESS_READ;
-	f.vcpu = vcpu;
-	f.raw_flags = is_write;
-	f.default_kind = VMWKVM_MF_ACT_UNPROTECT;
+	mmio_fault_init(&f, gpa, len, is_write, vcpu);
 	int result;
 	if (ram_extent(t, gpa, len) < len) {
 		/* the access leaves guest RAM: nothing sensible can be done on the host side */
@@ -327,18 +364,8 @@ static int handle_mmio(struct vmwkvm_memfault *mf, struct kvm_run *run, vmwkvm_v
 		e = apply_fills(mf, t, &f);
 		if (e == 0)
 			e = unprotect_span(mf, t, &f, gpa, len, true);
-		if (e == 0) {
-			/* perform the guest's access on RAM */
-			uint8_t buf[8];
-			if (is_write) {
-				memcpy(buf, run->mmio.data, len);
-				e = ram_io(mf, t, gpa, buf, len, true);
-			} else {
-				e = ram_io(mf, t, gpa, buf, len, false);
-				if (e == 0)
-					memcpy(run->mmio.data, buf, len);
-			}
-		}
+		if (e == 0)
+			e = mmio_perform(mf, t, run, gpa, len, is_write);
 		result = applied(mf, t, &f, e);
 	}
 	result = finish(&f, t, mf, rec, result);

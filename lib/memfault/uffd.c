@@ -70,6 +70,127 @@ static void write_pieces(const struct mf_fault *f, uint64_t gpa, uint8_t *dst)
 	}
 }
 
+/* The fault record of a userfaultfd fault on the page at gpa (state s) before the handlers
+ * run. Returns false for a stale write-protect fault (the page was unprotected meanwhile,
+ * or its protection is not ours): nothing to dispatch. */
+static bool uffd_fault_init(struct mf_fault *f, const struct mf_region *r, const struct mf_pending *e, uint64_t gpa,
+			    uint8_t s, const uint8_t *zero)
+{
+	uint64_t ps = r->page_size;
+	uint64_t base = (uint64_t)(uintptr_t)r->hva;
+	uint64_t page_hva = e->hva & ~(ps - 1);
+	memset(f, 0, sizeof(*f));
+	f->gpa = gpa;
+	f->size = ps;
+	f->fault_gpa = r->gpa + (e->hva - base);
+	f->fault_size = ps;
+	f->source = VMWKVM_MF_SRC_UFFD;
+	f->tid = (int32_t)e->tid;
+	f->raw_flags = e->flags;
+	bool write = e->flags & UFFD_PAGEFAULT_FLAG_WRITE;
+	if (s & PST_PROT)
+		f->flags |= VMWKVM_MF_FLAG_PROTECTED;
+	if (s & PST_REMOVED)
+		f->flags |= VMWKVM_MF_FLAG_REMOVED;
+
+	if (e->flags & UFFD_PAGEFAULT_FLAG_WP) {
+		if (!(s & PST_WP) || (s & PST_MPROT))
+			return false;
+		f->access = VMWKVM_MF_ACCESS_WRITE;
+		f->default_kind = VMWKVM_MF_ACT_UNPROTECT;
+		f->data = (const uint8_t *)(uintptr_t)page_hva;
+	} else if (e->flags & UFFD_PAGEFAULT_FLAG_MINOR) {
+		f->access = VMWKVM_MF_ACCESS_MINOR;
+		f->default_kind = VMWKVM_MF_ACT_UNPROTECT;
+		f->data = r->alias ? r->alias + (gpa - r->gpa) : NULL;
+	} else {
+		f->flags |= VMWKVM_MF_FLAG_UNPOPULATED;
+		f->data = zero;
+		if (s & PST_WP) {
+			/* the missing guard (or MISSING handlers) on a write-protected page */
+			f->access = VMWKVM_MF_ACCESS_MISSING | (write ? VMWKVM_MF_ACCESS_WRITE : VMWKVM_MF_ACCESS_READ);
+			f->default_kind = write ? VMWKVM_MF_ACT_UNPROTECT : VMWKVM_MF_ACT_ALLOW_ONCE;
+		} else {
+			f->access = VMWKVM_MF_ACCESS_MISSING;
+			f->default_kind = VMWKVM_MF_ACT_ZERO;
+		}
+	}
+	return true;
+}
+
+/* Resolve a write-protect fault on the page at gpa: write the FILL pieces, unprotect. */
+static int uffd_resolve_wp(struct vmwkvm_memfault *mf, struct mf_region *r, const struct mf_fault *f, uint64_t gpa)
+{
+	uint64_t ps = r->page_size;
+	int err = 0;
+	if (any_fill(f)) {
+		if (r->alias) {
+			write_pieces(f, gpa, r->alias + (gpa - r->gpa));
+		} else {
+			/* lift the protection without waking, write, then wake below */
+			err = vk_mf_unprotect_region(mf, r, gpa, ps, true);
+			if (err == 0)
+				write_pieces(f, gpa, r->hva + (gpa - r->gpa));
+		}
+	}
+	if (err == 0)
+		err = vk_mf_unprotect_region(mf, r, gpa, ps, false);
+	return err;
+}
+
+/* Resolve a MINOR fault on the page at gpa (state s): fill through the alias, CONTINUE. */
+static int uffd_resolve_minor(struct vmwkvm_memfault *mf, struct mf_region *r, const struct mf_fault *f,
+			      uint64_t gpa, uint64_t page_hva, uint8_t s)
+{
+	uint64_t ps = r->page_size;
+	int err = 0;
+	bool keep = (s & PST_WP) && !(s & PST_MPROT) && vk_mf_keep_protection(f, gpa, ps);
+	if (any_fill(f)) {
+		if (!r->alias) {
+			vk_warn("memfault: MINOR fault at GPA 0x%llx: cannot fill without an alias mapping",
+				(unsigned long long)gpa);
+			err = -EOPNOTSUPP;
+		} else {
+			write_pieces(f, gpa, r->alias + (gpa - r->gpa));
+		}
+	}
+	if (err == 0)
+		err = vk_mf_uffd_continue(mf, page_hva, ps, keep);
+	if (err >= 0 && !keep && (s & PST_PROT))
+		err = vk_mf_unprotect_region(mf, r, gpa, ps, false);
+	return err;
+}
+
+/* Resolve a MISSING fault on the page at gpa (state s): place the composed page (or
+ * zeroes) with UFFDIO_COPY / ZEROPAGE and record that the page holds data. */
+static int uffd_resolve_missing(struct vmwkvm_memfault *mf, struct mf_region *r, const struct mf_fault *f,
+				uint64_t gpa, uint64_t page_hva, uint8_t s, const uint8_t *zero, uint8_t *scratch)
+{
+	uint64_t ps = r->page_size;
+	int err;
+	/* keeping the protection through the fill needs userfaultfd WP on this page */
+	bool keep = (s & PST_WP) && !(s & PST_MPROT) && vk_mf_keep_protection(f, gpa, ps);
+	bool fill = compose(f, gpa, ps, scratch);
+	if (!fill && !keep && !(s & PST_PROT)) {
+		err = vk_mf_uffd_zeropage(mf, page_hva, ps);
+		if (err == 1) /* a marker or a racing fill: place zeroes the other way */
+			err = vk_mf_uffd_copy(mf, page_hva, zero, ps, false);
+	} else {
+		err = vk_mf_uffd_copy(mf, page_hva, scratch, ps, keep);
+	}
+	if (err >= 0) {
+		pst_clear(r, gpa, PST_REMOVED);
+		if (!keep && (s & PST_PROT)) {
+			/* the page now holds data and is not protected: record that */
+			pthread_mutex_lock(&mf->prot_lock);
+			if (!(vk_mf_pst(r, gpa) & PST_MPROT))
+				pst_clear(r, gpa, PST_PROT);
+			pthread_mutex_unlock(&mf->prot_lock);
+		}
+	}
+	return err;
+}
+
 /* Handle one queued fault. Returns MFP_DONE, MFP_RETRY or MFP_FAILED. */
 static int handle_one(struct vmwkvm_memfault *mf, const struct mf_pending *e)
 {
@@ -85,54 +206,17 @@ static int handle_one(struct vmwkvm_memfault *mf, const struct mf_pending *e)
 	uint64_t ps = r->page_size;
 	/* loaded once, after pinning: big enough for r's pages (see memfault_internal.h) */
 	uint8_t *zero = mf->zero, *scratch = mf->scratch;
-	uint64_t base = (uint64_t)(uintptr_t)r->hva;
 	uint64_t page_hva = e->hva & ~(ps - 1);
-	uint64_t gpa = r->gpa + (page_hva - base);
+	uint64_t gpa = r->gpa + (page_hva - (uint64_t)(uintptr_t)r->hva);
 	uint8_t s = vk_mf_pst(r, gpa);
 	atomic_fetch_add_explicit(&mf->faults[VMWKVM_MF_SRC_UFFD], 1, memory_order_relaxed);
 
 	struct mf_fault f;
-	memset(&f, 0, sizeof(f));
-	f.gpa = gpa;
-	f.size = ps;
-	f.fault_gpa = r->gpa + (e->hva - base);
-	f.fault_size = ps;
-	f.source = VMWKVM_MF_SRC_UFFD;
-	f.tid = (int32_t)e->tid;
-	f.raw_flags = e->flags;
-	bool wp_fault = e->flags & UFFD_PAGEFAULT_FLAG_WP;
-	bool minor = e->flags & UFFD_PAGEFAULT_FLAG_MINOR;
-	bool write = e->flags & UFFD_PAGEFAULT_FLAG_WRITE;
-	if (s & PST_PROT)
-		f.flags |= VMWKVM_MF_FLAG_PROTECTED;
-	if (s & PST_REMOVED)
-		f.flags |= VMWKVM_MF_FLAG_REMOVED;
-
-	if (wp_fault) {
-		if (!(s & PST_WP) || (s & PST_MPROT)) {
-			/* stale (the page was unprotected meanwhile) or not ours: let it go */
-			vk_mf_uffd_wp(mf, page_hva, ps, false, false);
-			vk_mf_unpin(mf, t);
-			return MFP_DONE;
-		}
-		f.access = VMWKVM_MF_ACCESS_WRITE;
-		f.default_kind = VMWKVM_MF_ACT_UNPROTECT;
-		f.data = (const uint8_t *)(uintptr_t)page_hva;
-	} else if (minor) {
-		f.access = VMWKVM_MF_ACCESS_MINOR;
-		f.default_kind = VMWKVM_MF_ACT_UNPROTECT;
-		f.data = r->alias ? r->alias + (gpa - r->gpa) : NULL;
-	} else {
-		f.flags |= VMWKVM_MF_FLAG_UNPOPULATED;
-		f.data = zero;
-		if (s & PST_WP) {
-			/* the missing guard (or MISSING handlers) on a write-protected page */
-			f.access = VMWKVM_MF_ACCESS_MISSING | (write ? VMWKVM_MF_ACCESS_WRITE : VMWKVM_MF_ACCESS_READ);
-			f.default_kind = write ? VMWKVM_MF_ACT_UNPROTECT : VMWKVM_MF_ACT_ALLOW_ONCE;
-		} else {
-			f.access = VMWKVM_MF_ACCESS_MISSING;
-			f.default_kind = VMWKVM_MF_ACT_ZERO;
-		}
+	if (!uffd_fault_init(&f, r, e, gpa, s, zero)) {
+		/* stale (the page was unprotected meanwhile) or not ours: let it go */
+		vk_mf_uffd_wp(mf, page_hva, ps, false, false);
+		vk_mf_unpin(mf, t);
+		return MFP_DONE;
 	}
 
 	int res = MFP_DONE;
@@ -155,56 +239,12 @@ static int handle_one(struct vmwkvm_memfault *mf, const struct mf_pending *e)
 		goto out;
 	}
 
-	if (wp_fault) {
-		if (any_fill(&f)) {
-			if (r->alias) {
-				write_pieces(&f, gpa, r->alias + (gpa - r->gpa));
-			} else {
-				/* lift the protection without waking, write, then wake below */
-				err = vk_mf_unprotect_region(mf, r, gpa, ps, true);
-				if (err == 0)
-					write_pieces(&f, gpa, r->hva + (gpa - r->gpa));
-			}
-		}
-		if (err == 0)
-			err = vk_mf_unprotect_region(mf, r, gpa, ps, false);
-	} else if (minor) {
-		bool keep = (s & PST_WP) && !(s & PST_MPROT) && vk_mf_keep_protection(&f, gpa, ps);
-		if (any_fill(&f)) {
-			if (!r->alias) {
-				vk_warn("memfault: MINOR fault at GPA 0x%llx: cannot fill without an alias mapping",
-					(unsigned long long)gpa);
-				err = -EOPNOTSUPP;
-			} else {
-				write_pieces(&f, gpa, r->alias + (gpa - r->gpa));
-			}
-		}
-		if (err == 0)
-			err = vk_mf_uffd_continue(mf, page_hva, ps, keep);
-		if (err >= 0 && !keep && (s & PST_PROT))
-			err = vk_mf_unprotect_region(mf, r, gpa, ps, false);
-	} else {
-		/* keeping the protection through the fill needs userfaultfd WP on this page */
-		bool keep = (s & PST_WP) && !(s & PST_MPROT) && vk_mf_keep_protection(&f, gpa, ps);
-		bool fill = compose(&f, gpa, ps, scratch);
-		if (!fill && !keep && !(s & PST_PROT)) {
-			err = vk_mf_uffd_zeropage(mf, page_hva, ps);
-			if (err == 1) /* a marker or a racing fill: place zeroes the other way */
-				err = vk_mf_uffd_copy(mf, page_hva, zero, ps, false);
-		} else {
-			err = vk_mf_uffd_copy(mf, page_hva, scratch, ps, keep);
-		}
-		if (err >= 0) {
-			pst_clear(r, gpa, PST_REMOVED);
-			if (!keep && (s & PST_PROT)) {
-				/* the page now holds data and is not protected: record that */
-				pthread_mutex_lock(&mf->prot_lock);
-				if (!(vk_mf_pst(r, gpa) & PST_MPROT))
-					pst_clear(r, gpa, PST_PROT);
-				pthread_mutex_unlock(&mf->prot_lock);
-			}
-		}
-	}
+	if (e->flags & UFFD_PAGEFAULT_FLAG_WP)
+		err = uffd_resolve_wp(mf, r, &f, gpa);
+	else if (e->flags & UFFD_PAGEFAULT_FLAG_MINOR)
+		err = uffd_resolve_minor(mf, r, &f, gpa, page_hva, s);
+	else
+		err = uffd_resolve_missing(mf, r, &f, gpa, page_hva, s, zero, scratch);
 	if (err < 0) {
 		vk_err("memfault: resolving the fault at GPA 0x%llx failed: %s", (unsigned long long)gpa,
 		       vmwkvm_strerror(err));
