@@ -2,7 +2,7 @@
  * The raw system-call layer: every ioctl, mmap and syscall the library makes on KVM
  * and userfaultfd file descriptors goes through here and comes back as a negative
  * errno on failure. It is the one seam where tests inject faults (EINTR, ENOMEM,
- * EBADF, EFAULT ...) or put the kernel model (tests/model) in place of the kernel.
+ * EBADF, EFAULT ...) or put the kernel model (tests/common/kmodel.h) in place of the kernel.
  * Internal: not exported from libvmwkvm.so.
  */
 #ifndef VMWKVM_LIB_SYS_H

@@ -1,4 +1,4 @@
-/* Real KVM, 32-bit protected mode (guest tests/kvm/guests/bd_prot32.S): the backdoor test
+/* Real KVM, 32-bit protected mode (guest tests/common/guests/bd_prot32.S): the backdoor test
  * body at CPL0, then at CPL3 (IOPL=3, entered with SYSEXIT): LB IN/OUT, every result
  * register, unknown command, 0x010A, bad magic, wrong size, and HB REP OUTSB / REP INSB
  * of 1, 4, 4095, 4096, 4097 and 65536 bytes, plus 65537-byte transfers (one over the

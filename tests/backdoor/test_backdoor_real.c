@@ -1,4 +1,4 @@
-/* Real KVM, 16-bit real mode (guest tests/kvm/guests/bd_real.S): LB IN and OUT
+/* Real KVM, 16-bit real mode (guest tests/common/guests/bd_real.S): LB IN and OUT
  * (GETVERSION with garbage in ECX bits 31:16, all six result registers, unknown command,
  * 0x010A vs low-8 dispatch, bad magic, wrong size) and HB REP OUTSB / REP INSB of 1, 4,
  * 4095, 4096 and 4097 bytes with garbage in ECX bits 31:16 (16-bit address size: only CX

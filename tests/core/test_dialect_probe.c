@@ -1,4 +1,4 @@
-/* Dialect confirmation by behaviour (lib/dialect_probe.c) against the kernel model. */
+/* Dialect confirmation by behaviour (lib/core/dialect_probe.c) against the kernel model. */
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>

@@ -1,4 +1,4 @@
-/* Harness shared by the real-KVM memory-fault tests (tests/kvm/test_memfault*.c): a VM
+/* Harness shared by the real-KVM memory-fault tests (tests/memfault/test_memfault_kvm*.c): a VM
  * (kvmh: 1 MiB of low RAM at GPA 0 with the guest mf_guest.S at 0x1000), a data slot at
  * MFK_DATA_GPA backed by anonymous memory or a memfd, up to MFK_MAX_CPUS vCPUs in flat
  * 32-bit mode, and a run loop that hands every exit to the memory-fault dispatcher first.

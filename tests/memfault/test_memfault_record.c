@@ -1,7 +1,7 @@
 /* Memory-fault dispatcher: how each KVM exit maps onto the record (mainline forms), on a
  * fake kvm_run. KVM_EXIT_MEMORY_FAULT counts only with KVM_RUN -1/EFAULT or EHWPOISON;
  * anything else leaves exit_reason stale. The proposed forms are in
- * tests/model/test_memfault_dialects.c. */
+ * tests/memfault/test_memfault_dialects.c. */
 #include "test_memfault_util.h"
 
 #define GPA0 0x400000ull

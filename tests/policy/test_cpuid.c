@@ -1,4 +1,4 @@
-/* VMware CPUID leaves (lib/cpuid.c): pure editing of a kvm_cpuid_entry2 array. */
+/* VMware CPUID leaves (lib/policy/cpuid.c): pure editing of a kvm_cpuid_entry2 array. */
 #include <check.h>
 #include <errno.h>
 #include <stdlib.h>

@@ -1,4 +1,4 @@
-/* Per-VM VMware policy (lib/policy.c) against the kernel model, for each dialect. */
+/* Per-VM VMware policy (lib/policy/policy.c) against the kernel model, for each dialect. */
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>

@@ -1,6 +1,6 @@
 // load: 0x1000
 /*
- * Memory-fault test guest (tests/kvm/test_memfault*.c). Entered by the host in flat 32-bit
+ * Memory-fault test guest (tests/memfault/test_memfault_kvm*.c). Entered by the host in flat 32-bit
  * protected mode (kvmh_setup_flat32 layout: CS 0x08, DS/ES/SS 0x10, no paging) with:
  *   EDX  mode: 0 write pass, 1 sum pass, 2 stress
  *   ESI  GPA of the first data page      ECX  number of pages
