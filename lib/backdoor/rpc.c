@@ -52,6 +52,7 @@ int vmwkvm_rpc_new(const struct vmwkvm_rpc_opts *opts, vmwkvm_rpc **out)
 	rpc->max_message = max_msg;
 	rpc->max_tclo_queue = max_q;
 	rpc->hb = hb;
+	rpc->idle_ns = (uint64_t)VMWKVM_RPC_DEFAULT_IDLE_MS * 1000000u;
 	rpc->table_bytes = max_ch * sizeof(*rpc->chans);
 	atomic_init(&rpc->allocated, 0);
 	if (seed) {
@@ -271,4 +272,14 @@ int vmwkvm_rpc_tclo_channels(vmwkvm_rpc *rpc, uint16_t *ids, size_t n)
 		ids[i] = e[i].id;
 	free(e);
 	return (int)count;
+}
+
+int vmwkvm_rpc_set_idle_timeout(vmwkvm_rpc *rpc, uint32_t ms)
+{
+	if (!rpc)
+		return -EINVAL;
+	pthread_mutex_lock(&rpc->lock);
+	rpc->idle_ns = (uint64_t)ms * 1000000u;
+	pthread_mutex_unlock(&rpc->lock);
+	return 0;
 }

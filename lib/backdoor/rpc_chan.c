@@ -55,10 +55,12 @@ size_t vk_rpc_bound(const vmwkvm_rpc *rpc)
 	if (!rpc)
 		return 0;
 	size_t msg = sizeof(struct rpc_msg) + (size_t)rpc->max_message + 1;
+	/* per channel: the message coming in (or, while its RPCI handler or TCLO result runs,
+	 * handed to that work: at most one per channel, SEND_BUSY), the message going out or
+	 * the reply being built (two while the builder grows), and the TCLO queue */
 	size_t per_chan = sizeof(struct rpc_chan) + (size_t)rpc->max_message + 1 /* in */
-			  + msg /* out */ + (size_t)rpc->max_tclo_queue * msg;
-	/* one handler in flight (its detached message and its reply builder) */
-	return (size_t)rpc->max_channels * per_chan + 2 * msg;
+			  + 2 * msg /* out */ + (size_t)rpc->max_tclo_queue * msg;
+	return (size_t)rpc->max_channels * per_chan;
 }
 
 static uint64_t splitmix64(uint64_t *s)
@@ -154,6 +156,13 @@ const struct rpc_handler *vk_rpc_find_handler(const struct vmwkvm_rpc *rpc, cons
 	return best;
 }
 
+uint64_t vk_rpc_now_ns(void)
+{
+	struct timespec ts;
+	clock_gettime(CLOCK_MONOTONIC, &ts);
+	return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
 struct rpc_chan *vk_rpc_chan_get(struct vmwkvm_rpc *rpc, uint32_t id)
 {
 	return id < rpc->max_channels ? rpc->chans[id] : NULL;
@@ -172,9 +181,10 @@ void vk_rpc_send_complete(struct vmwkvm_rpc *rpc, struct rpc_chan *c, uint16_t i
 			w->tclo_fn = rpc->tclo_fn;
 			w->tclo_ctx = rpc->tclo_ctx;
 			w->id = id;
+			w->gen = c->gen;
 			c->in = NULL; /* the work owns it now; accounting keeps it until freed */
 			c->in_len = c->in_got = 0;
-			c->send_state = SEND_IDLE;
+			c->send_state = SEND_BUSY; /* until the result was handed over */
 		} else {
 			vk_rpc_chan_drop_in(rpc, c);
 		}

@@ -25,7 +25,7 @@
 enum send_state {
 	SEND_IDLE = 0,
 	SEND_COLLECTING = 1, /* SENDSIZE seen, payload being collected */
-	SEND_BUSY = 2,       /* RPCI handler running outside the lock */
+	SEND_BUSY = 2,       /* RPCI handler or TCLO result running outside the lock */
 };
 
 enum hb_state {
@@ -49,6 +49,7 @@ struct rpc_chan {
 	uint32_t ck_hi, ck_lo;
 	uint64_t open_seq;
 	uint64_t gen;
+	uint64_t used_ns; /* CLOCK_MONOTONIC of the last call the channel accepted */
 	/* guest to host */
 	uint8_t send_state;
 	char *in;        /* in_len + 1 bytes */
@@ -80,6 +81,7 @@ struct rpc_handler {
 struct vmwkvm_rpc {
 	pthread_mutex_t lock;
 	uint32_t max_channels, max_message, max_tclo_queue;
+	uint64_t idle_ns; /* a full table may close a channel idle this long; 0: never */
 	bool hb;
 	struct rpc_chan **chans;
 	uint32_t nopen;
@@ -143,6 +145,8 @@ void vk_rpc_cpt_drop_send(struct vmwkvm_rpc *rpc, struct rpc_chan *c);
 /* A checkpoint interrupted the guest's receive: it starts again at RECVSIZE. */
 void vk_rpc_cpt_restart_recv(struct rpc_chan *c);
 void vk_rpc_chan_free(struct vmwkvm_rpc *rpc, uint16_t id);
+/* CLOCK_MONOTONIC in ns, for the channels' idle times. */
+uint64_t vk_rpc_now_ns(void);
 
 /* ---- RPCI handlers ---- */
 /* Length of the command word of a message. */

@@ -24,6 +24,11 @@ static void rpc_run_work(struct vmwkvm_rpc *rpc, struct rpc_work *w)
 {
 	if (w->kind == 2) {
 		w->tclo_fn(w->id, w->seq, w->msg, w->len, w->tclo_ctx);
+		pthread_mutex_lock(&rpc->lock);
+		struct rpc_chan *c = vk_rpc_chan_get(rpc, w->id);
+		if (c && c->gen == w->gen && c->send_state == SEND_BUSY)
+			c->send_state = SEND_IDLE; /* the channel takes the guest's next message */
+		pthread_mutex_unlock(&rpc->lock);
 	} else if (w->kind == 1) {
 		struct rpc_msg *m = vk_rpc_run_rpci(rpc, w);
 		pthread_mutex_lock(&rpc->lock);

@@ -131,6 +131,8 @@ void vk_rpc_hb(struct vmwkvm_rpc *rpc, const struct vmwkvm_call *call, const str
 		c = NULL;
 	} else if (!c) {
 		vk_debug("rpc: HB piece on channel %u, which is not open", id);
+	} else {
+		c->used_ns = vk_rpc_now_ns();
 	}
 	if (!c) {
 		/* failure answer below */

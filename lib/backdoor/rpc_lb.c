@@ -13,6 +13,27 @@ static uint16_t hb_bit(const struct vmwkvm_rpc *rpc)
 	return rpc->hb ? VMWKVM_RPC_STATUS_HB : 0;
 }
 
+/* A full table: close the channel idle longest if it has been idle for rpc->idle_ns and
+ * no work of it runs (VMware closes idle channels). Its id, or max_channels. */
+static uint32_t reclaim_idle(struct vmwkvm_rpc *rpc, uint64_t now)
+{
+	uint32_t victim = rpc->max_channels;
+	uint64_t oldest = UINT64_MAX;
+	for (uint32_t id = 0; id < rpc->max_channels; id++) {
+		const struct rpc_chan *c = rpc->chans[id];
+		if (c && c->send_state != SEND_BUSY && c->used_ns < oldest) {
+			oldest = c->used_ns;
+			victim = id;
+		}
+	}
+	if (victim == rpc->max_channels || !rpc->idle_ns || now - oldest < rpc->idle_ns)
+		return rpc->max_channels;
+	vk_info("rpc: channel %u idle for %llu ms: closed for a new OPEN", victim,
+		(unsigned long long)((now - oldest) / 1000000u));
+	vk_rpc_chan_free(rpc, (uint16_t)victim);
+	return victim;
+}
+
 static uint16_t lb_open(struct vmwkvm_rpc *rpc, const struct rpc_regs *g, struct vmwkvm_reply *reply)
 {
 	uint32_t proto = g->ebx & ~VMWKVM_RPC_FLAG_COOKIE;
@@ -20,10 +41,13 @@ static uint16_t lb_open(struct vmwkvm_rpc *rpc, const struct rpc_regs *g, struct
 		vk_debug("rpc: OPEN with unknown protocol 0x%08x", g->ebx);
 		return ST_FAIL;
 	}
+	uint64_t now = vk_rpc_now_ns();
 	uint32_t id;
 	for (id = 0; id < rpc->max_channels; id++)
 		if (!rpc->chans[id])
 			break;
+	if (id == rpc->max_channels)
+		id = reclaim_idle(rpc, now);
 	if (id == rpc->max_channels) {
 		vk_debug("rpc: OPEN refused: all %u channels in use", rpc->max_channels);
 		return ST_FAIL;
@@ -31,6 +55,7 @@ static uint16_t lb_open(struct vmwkvm_rpc *rpc, const struct rpc_regs *g, struct
 	struct rpc_chan *c = vk_rpc_alloc(rpc, sizeof(*c));
 	if (!c)
 		return ST_FAIL;
+	c->used_ns = now;
 	c->proto = proto;
 	c->open_seq = ++rpc->open_counter;
 	c->gen = ++rpc->gen_counter;
@@ -50,6 +75,17 @@ static uint16_t lb_open(struct vmwkvm_rpc *rpc, const struct rpc_regs *g, struct
 	return ST_OK;
 }
 
+/* TCLO: a command the guest fetched completely counts as delivered when it goes on to its
+ * next step without RECVSTATUS; its result belongs to that command. */
+static void tclo_settle_fetched(struct vmwkvm_rpc *rpc, struct rpc_chan *c)
+{
+	if (c->proto != VMWKVM_RPC_PROTO_TCLO || !c->out || !c->recv_started || c->out_off != c->out->len)
+		return;
+	if (c->out->seq)
+		c->last_fetched_seq = c->out->seq;
+	vk_rpc_chan_drop_out(rpc, c);
+}
+
 static uint16_t lb_sendsize(struct vmwkvm_rpc *rpc, struct rpc_chan *c, uint16_t id, const struct rpc_regs *g,
 			    const struct vmwkvm_call *call, struct rpc_work *w)
 {
@@ -59,10 +95,11 @@ static uint16_t lb_sendsize(struct vmwkvm_rpc *rpc, struct rpc_chan *c, uint16_t
 	vk_rpc_chan_drop_in(rpc, c);
 	c->hb_state = HB_NONE;
 	c->cpt = false;
-	if (c->proto == VMWKVM_RPC_PROTO_RPCI)
+	if (c->proto == VMWKVM_RPC_PROTO_RPCI) {
 		vk_rpc_chan_drop_out(rpc, c);
-	else {
-		c->recv_started = false; /* the guest restarts a fetch with RECVSIZE */
+	} else {
+		tclo_settle_fetched(rpc, c);
+		c->recv_started = false; /* a fetch in part restarts with RECVSIZE */
 		c->out_off = 0;
 	}
 	if (g->ebx > rpc->max_message) {
@@ -109,6 +146,7 @@ static uint16_t lb_recvsize(struct vmwkvm_rpc *rpc, struct rpc_chan *c, const st
 		return ST_FAIL;
 	c->cpt = false;
 	c->hb_state = HB_NONE;
+	tclo_settle_fetched(rpc, c);
 	if (!c->out && c->q_head) {
 		c->out = c->q_head;
 		c->q_head = c->out->next;
@@ -132,14 +170,15 @@ static uint16_t lb_recvpayload(struct vmwkvm_rpc *rpc, struct rpc_chan *c, const
 {
 	if (!c->out || !c->recv_started || c->hb_state == HB_ACTIVE)
 		return ST_FAIL;
+	if (!(g->ebx & VMWKVM_RPC_STATUS_SUCCESS)) {
+		/* the guest gives up on this message: dropped, even if a checkpoint came between */
+		vk_rpc_chan_drop_out(rpc, c);
+		c->cpt = false;
+		return ST_OK;
+	}
 	if (c->cpt) {
 		vk_rpc_cpt_restart_recv(c);
 		return ST_CPT;
-	}
-	if (!(g->ebx & VMWKVM_RPC_STATUS_SUCCESS)) {
-		/* the guest gives up on this message */
-		vk_rpc_chan_drop_out(rpc, c);
-		return ST_OK;
 	}
 	if (c->out_off >= c->out->len)
 		return ST_FAIL;
@@ -160,11 +199,17 @@ static uint16_t lb_recvstatus(struct vmwkvm_rpc *rpc, struct rpc_chan *c, const 
 {
 	if (!c->out || !c->recv_started || c->hb_state == HB_ACTIVE)
 		return ST_FAIL;
+	if (!(g->ebx & VMWKVM_RPC_STATUS_SUCCESS)) {
+		/* the guest failed to take the message: dropped, checkpoint or not */
+		vk_rpc_chan_drop_out(rpc, c);
+		c->cpt = false;
+		return ST_OK;
+	}
 	if (c->cpt) {
 		vk_rpc_cpt_restart_recv(c);
 		return ST_CPT;
 	}
-	if ((g->ebx & VMWKVM_RPC_STATUS_SUCCESS) && c->out->seq)
+	if (c->out->seq)
 		c->last_fetched_seq = c->out->seq;
 	vk_rpc_chan_drop_out(rpc, c);
 	return ST_OK;
@@ -186,6 +231,7 @@ uint16_t vk_rpc_lb(struct vmwkvm_rpc *rpc, const struct vmwkvm_call *call, const
 		vk_debug("rpc: channel %u: bad cookie", id);
 		return ST_FAIL;
 	}
+	c->used_ns = vk_rpc_now_ns();
 	switch (sub) {
 	case VMWKVM_RPC_SENDSIZE:
 		return lb_sendsize(rpc, c, id, g, call, w);

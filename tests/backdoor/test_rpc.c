@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "backdoor/rpc_chan.h"
 
@@ -1244,6 +1245,164 @@ START_TEST(threads_exact)
 }
 END_TEST
 
+
+/* ---- review items of issue 14: each test failed before its fix ---- */
+
+/* (a) A guest process that opens every channel and never closes them cannot keep the
+ * Tools out for good: like VMware, the table closes channels that stay idle. The channel
+ * idle longest goes first; a channel in use keeps its place. */
+START_TEST(idle_channels_reclaimed)
+{
+	static struct gch hog[VMWKVM_RPC_DEFAULT_CHANNELS];
+	for (unsigned i = 0; i < VMWKVM_RPC_DEFAULT_CHANNELS; i++)
+		hog[i] = gopen(RPCI, true);
+	/* within the idle timeout (default VMWKVM_RPC_DEFAULT_IDLE_MS) the table is full */
+	ck_assert_uint_eq(lb(VMWKVM_RPC_OPEN, TCLO | COOKIE, NULL), 0);
+	ck_assert_int_eq(vmwkvm_rpc_set_idle_timeout(rpc, 1), 0);
+	struct timespec ts = {0, 20 * 1000 * 1000};
+	nanosleep(&ts, NULL);
+	/* hog[0] is used again: the channel idle longest is now hog[1] */
+	ck_assert_uint_eq(lb(VMWKVM_RPC_RECVSIZE, 0, &hog[0]), 0x00810000u);
+	struct gch tools = gopen(TCLO, true);
+	ck_assert_uint_eq(tools.id, hog[1].id);
+	ck_assert_int_eq(vmwkvm_rpc_channel_count(rpc), (int)VMWKVM_RPC_DEFAULT_CHANNELS);
+	/* the old owner's cookies no longer open the door; the new owner's do */
+	ck_assert_uint_eq(lb(VMWKVM_RPC_SENDSIZE, 3, &hog[1]), 0);
+	ck_assert_uint_eq(lb(VMWKVM_RPC_SENDSIZE, 0, &tools), 0x00810000u);
+	ck_assert_uint_eq(lb(VMWKVM_RPC_RECVSIZE, 0, &hog[0]), 0x00810000u);
+	/* 0 turns reclaiming off: the table stays full */
+	ck_assert_int_eq(vmwkvm_rpc_set_idle_timeout(rpc, 0), 0);
+	nanosleep(&ts, NULL);
+	ck_assert_uint_eq(lb(VMWKVM_RPC_OPEN, RPCI, NULL), 0);
+	ck_assert_int_eq(vmwkvm_rpc_set_idle_timeout(NULL, 1), -EINVAL);
+}
+END_TEST
+
+/* (b) A Tools that sends its result without RECVSTATUS: the result belongs to the command
+ * it fetched completely, and that command is not offered again. */
+START_TEST(tclo_result_without_recvstatus)
+{
+	tclo_calls = 0;
+	ck_assert_int_eq(vmwkvm_rpc_set_tclo_handler(rpc, on_tclo, NULL), 0);
+	struct gch g = gopen(TCLO, true);
+	uint64_t s1 = 0, s2 = 0;
+	ck_assert_int_eq(vmwkvm_rpc_tclo_queue(rpc, g.id, "reset", 5, &s1), 0);
+	ck_assert_int_eq(vmwkvm_rpc_tclo_queue(rpc, g.id, "ping", 4, &s2), 0);
+	ck_assert_uint_eq(lb(VMWKVM_RPC_RECVSIZE, 0, &g), 0x00830000u);
+	ck_assert_uint_eq(R.ebx, 5);
+	ck_assert_uint_eq(lb(VMWKVM_RPC_RECVPAYLOAD, 1, &g), 0x00010000u);
+	ck_assert_uint_eq(R.ebx, 0x65736572u); /* "rese" */
+	ck_assert_uint_eq(lb(VMWKVM_RPC_RECVPAYLOAD, 1, &g), 0x00010000u);
+	ck_assert_uint_eq(R.ebx, 0x74u);       /* "t" */
+	send_lb(&g, "OK ATR toolbox", 14);      /* no RECVSTATUS before it */
+	ck_assert_int_eq(tclo_calls, 1);
+	ck_assert_uint_eq(tclo_seq, s1);
+	char buf[16] = {0};
+	ck_assert_uint_eq(recv_lb(&g, buf, sizeof(buf)), 4);
+	ck_assert_mem_eq(buf, "ping", 4);
+	send_lb(&g, "OK ", 3);
+	ck_assert_int_eq(tclo_calls, 2);
+	ck_assert_uint_eq(tclo_seq, s2);
+	/* a command fetched only in part is offered again, whole */
+	ck_assert_int_eq(vmwkvm_rpc_tclo_queue(rpc, g.id, "Capabilities_Register", 21, NULL), 0);
+	ck_assert_uint_eq(lb(VMWKVM_RPC_RECVSIZE, 0, &g), 0x00830000u);
+	ck_assert_uint_eq(lb(VMWKVM_RPC_RECVPAYLOAD, 1, &g), 0x00010000u);
+	ck_assert_uint_eq(lb(VMWKVM_RPC_SENDSIZE, 0, &g), 0x00810000u);
+	ck_assert_uint_eq(lb(VMWKVM_RPC_RECVSIZE, 0, &g), 0x00830000u);
+	ck_assert_uint_eq(R.ebx, 21);
+}
+END_TEST
+
+/* (c) A guest that gives up on a message (EBX = 0) has dropped it, checkpoint or not. */
+START_TEST(checkpoint_does_not_keep_an_aborted_message)
+{
+	struct gch g = gopen(TCLO, true);
+	ck_assert_int_eq(vmwkvm_rpc_tclo_queue(rpc, g.id, "Set_Option broadcastIP 1", 24, NULL), 0);
+	ck_assert_uint_eq(lb(VMWKVM_RPC_RECVSIZE, 0, &g), 0x00830000u);
+	ck_assert_int_eq(vmwkvm_rpc_checkpoint(rpc), 1);
+	ck_assert_uint_eq(lb(VMWKVM_RPC_RECVPAYLOAD, 0, &g), 0x00010000u);
+	ck_assert_uint_eq(R.set, R_ECX);
+	ck_assert_uint_eq(lb(VMWKVM_RPC_RECVSIZE, 0, &g), 0x00810000u); /* nothing waits */
+	/* the same at RECVSTATUS */
+	ck_assert_int_eq(vmwkvm_rpc_tclo_queue(rpc, g.id, "ping", 4, NULL), 0);
+	char buf[8];
+	ck_assert_uint_eq(lb(VMWKVM_RPC_RECVSIZE, 0, &g), 0x00830000u);
+	ck_assert_uint_eq(lb(VMWKVM_RPC_RECVPAYLOAD, 1, &g), 0x00010000u);
+	(void)buf;
+	ck_assert_int_eq(vmwkvm_rpc_checkpoint(rpc), 1);
+	ck_assert_uint_eq(lb(VMWKVM_RPC_RECVSTATUS, 0, &g), 0x00010000u);
+	ck_assert_uint_eq(lb(VMWKVM_RPC_RECVSIZE, 0, &g), 0x00810000u);
+	/* a guest that goes on after a checkpoint still gets CPT */
+	ck_assert_int_eq(vmwkvm_rpc_tclo_queue(rpc, g.id, "ping", 4, NULL), 0);
+	ck_assert_uint_eq(lb(VMWKVM_RPC_RECVSIZE, 0, &g), 0x00830000u);
+	ck_assert_int_eq(vmwkvm_rpc_checkpoint(rpc), 1);
+	ck_assert_uint_eq(lb(VMWKVM_RPC_RECVPAYLOAD, 1, &g), 0x00100000u);
+	ck_assert_uint_eq(lb(VMWKVM_RPC_RECVSIZE, 0, &g), 0x00830000u);
+}
+END_TEST
+
+/* (d) While a TCLO result is being handed to the VMM (callback running on one vCPU),
+ * other vCPUs sending on the same channel cannot pile up messages beyond the bound. */
+#define NEST_LEN 60000u
+static struct gch nest_ch;
+static int nest_depth, nest_max_depth;
+static size_t nest_peak;
+static uint32_t nest_refused;
+
+static void nest_send(void)
+{
+	static uint8_t payload[NEST_LEN];
+	memset(payload, 'x', sizeof(payload));
+	struct vmwkvm_reply rep;
+	struct vmwkvm_call c = lbcall(VMWKVM_RPC_SENDSIZE, NEST_LEN, &nest_ch);
+	ck_assert_int_eq(vmwkvm_rpc_handle(rpc, &c, &rep), 0);
+	if ((rep.ecx >> 16 & VMWKVM_RPC_STATUS_SUCCESS) == 0) {
+		nest_refused++;
+		return;
+	}
+	c = hbcall(false, &nest_ch, 0, NEST_LEN, NEST_LEN, payload);
+	ck_assert_int_eq(vmwkvm_rpc_handle(rpc, &c, &rep), 0); /* completes: the callback runs */
+}
+
+static void on_tclo_nested(uint16_t channel, uint64_t seq, const char *data, size_t len, void *ctx)
+{
+	(void)channel;
+	(void)seq;
+	(void)data;
+	(void)len;
+	(void)ctx;
+	nest_depth++;
+	if (nest_depth > nest_max_depth)
+		nest_max_depth = nest_depth;
+	size_t a = vk_rpc_allocated(rpc);
+	if (a > nest_peak)
+		nest_peak = a;
+	if (nest_depth < 8)
+		nest_send(); /* "another vCPU" sends while this result is still being handled */
+	nest_depth--;
+}
+
+START_TEST(tclo_results_in_flight_bounded)
+{
+	vmwkvm_rpc_free(rpc);
+	struct vmwkvm_rpc_opts o = {.sz = sizeof(o), .max_channels = 1, .max_tclo_queue = 1};
+	mk(&o);
+	ck_assert_int_eq(vmwkvm_rpc_set_tclo_handler(rpc, on_tclo_nested, NULL), 0);
+	nest_ch = gopen(TCLO, true);
+	nest_depth = nest_max_depth = 0;
+	nest_peak = 0;
+	nest_refused = 0;
+	nest_send();
+	ck_assert_uint_le(nest_peak, vk_rpc_bound(rpc));
+	ck_assert_int_eq(nest_max_depth, 1);
+	ck_assert_uint_eq(nest_refused, 1);
+	/* once the result was handled the channel takes the next one */
+	nest_send();
+	ck_assert_int_eq(nest_max_depth, 1);
+	ck_assert_uint_eq(nest_refused, 2);
+}
+END_TEST
+
 static Suite *suite(void)
 {
 	Suite *s = suite_create("rpc");
@@ -1289,6 +1448,14 @@ static Suite *suite(void)
 	tcase_add_test(t, tclo_oldest_channel_first);
 	tcase_add_test(t, tclo_guest_aborts_receive);
 	suite_add_tcase(s, t);
+
+	TCase *v = tcase_create("review");
+	tcase_add_checked_fixture(v, setup, teardown);
+	tcase_add_test(v, idle_channels_reclaimed);
+	tcase_add_test(v, tclo_result_without_recvstatus);
+	tcase_add_test(v, checkpoint_does_not_keep_an_aborted_message);
+	tcase_add_test(v, tclo_results_in_flight_bounded);
+	suite_add_tcase(s, v);
 
 	TCase *r = tcase_create("rpci");
 	tcase_add_checked_fixture(r, setup, teardown);
