@@ -155,7 +155,8 @@ EOF
 	HOME=$work/home run vmtoolsd --cmd-timeout $((20000 * scale)) \
 		--tools-cmd reset --tools-cmd ping --tools-cmd Capabilities_Register \
 		--tools-cmd "Set_Option synctime 0" --tools-cmd "No_Such_Command" \
-		--tools-cmd "Time_Synchronize 0" --tools-cmd OS_Halt \
+		--tools-cmd "Time_Synchronize 0" --tools-cmd Vix_1_Get_ToolsProperties \
+		--tools-cmd "Set_Option broadcastIP 1" --tools-cmd OS_Halt \
 		--term-after-cmds --wait-version --wait-guestinfo 1 --wait-guestinfo 4 \
 		--wait-guestinfo 11 -- \
 		/usr/bin/vmtoolsd -n vmsvc -c "$work/tools.conf" --plugin-path "$work/vmsvc" \
@@ -167,6 +168,7 @@ EOF
 	has vmtoolsd 'tclo: Set_Option synctime 0 -> OK ""'
 	has vmtoolsd 'tclo: No_Such_Command -> ERROR "Unknown Command"'
 	has vmtoolsd 'tclo: Time_Synchronize 0 -> OK ""'
+	has vmtoolsd 'tclo: Set_Option broadcastIP 1 -> OK ""'
 	has vmtoolsd 'tclo: OS_Halt -> ERROR "Error starting script"'
 	has vmtoolsd 'denied exec: /etc/vmware-tools/poweroff-vm-default'
 	has vmtoolsd 'statechange: ok=0 state=1'
@@ -177,6 +179,17 @@ EOF
 	grep -q '^state: version=[1-9][0-9]* type=4 version_set=1 unified_loop=1 app="toolbox" ' "$work/vmtoolsd.rep" ||
 		fail "vmtoolsd: state line: $(grep '^state:' "$work/vmtoolsd.rep")"
 	grep -q '^guestinfo: 11=<[0-9]* bytes>$' "$work/vmtoolsd.rep" || fail "vmtoolsd: no detailed OS data (type 11)"
+	# vix answers with its error code, additional error and the base64 properties
+	grep -q '^tclo: Vix_1_Get_ToolsProperties -> OK "0 0 [A-Za-z0-9+/=]*"$' "$work/vmtoolsd.rep" ||
+		fail "vmtoolsd: Vix_1_Get_ToolsProperties: $(grep Vix_1 "$work/vmtoolsd.rep" | head -c 200)"
+	# broadcastIP makes guestInfo info-set guestinfo.ip; the start-up info-sets are there too
+	grep -q '^key: guestinfo.ip=.' "$work/vmtoolsd.rep" || fail "vmtoolsd: guestinfo.ip not set"
+	has vmtoolsd "key: guestinfo.vmtools.versionNumber=$(sed -n 's/^state: version=\([0-9]*\) .*/\1/p' "$work/vmtoolsd.rep")"
+	grep -q '^key: guestinfo.vmtools.description=open-vm-tools [0-9.]* build [0-9]*$' "$work/vmtoolsd.rep" ||
+		fail "vmtoolsd: guestinfo.vmtools.description"
+	# every TCLO answer matched one of the 9 commands
+	grep -q ' answers=9 dropped=0 timeouts=0 ' "$work/vmtoolsd.rep" || fail "vmtoolsd: answer counters"
+	# stopped cleanly: vmtoolsd closed its channels on SIGTERM and exited 0 (checked above)
 	grep -q 'guestinfo: 4=build-[0-9][0-9]*$' "$work/vmtoolsd.rep" || fail "vmtoolsd: no build number (type 4)"
 	;;
 *)

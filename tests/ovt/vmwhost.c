@@ -559,6 +559,16 @@ static void print_state(void)
 			report("guestinfo: %u=<%d bytes>\n", ty, n);
 		}
 	}
+	static const char *keys[] = {"guestinfo.ip", "guestinfo.vmtools.description", "guestinfo.vmtools.versionString",
+				     "guestinfo.vmtools.versionNumber", "guestinfo.vmtools.buildNumber"};
+	for (size_t k = 0; k < sizeof(keys) / sizeof(keys[0]); k++) {
+		char v[256];
+		int n = vmwkvm_tools_info_get(tools, keys[k], v, sizeof(v) - 1);
+		if (n >= 0) {
+			v[n < (int)sizeof(v) - 1 ? n : (int)sizeof(v) - 1] = '\0';
+			report("key: %s=%s\n", keys[k], v);
+		}
+	}
 	report("statechange: ok=%d state=%d\n", st.state_change_ok, st.state_change);
 	report("last_log: %s\n", st.last_log);
 }
