@@ -76,6 +76,7 @@ struct vmwkvm_tools {
 	/* state */
 	uint32_t version, version_type;
 	bool version_set, running, unified_loop, answered, pinged;
+	bool tclo_open;     /* a TCLO channel was open at the last look */
 	uint32_t changes;
 	uint64_t generation;
 	uint64_t last_answer_ns, last_ping_ns;
@@ -500,7 +501,7 @@ static const struct {
 
 static bool running_now(const struct vmwkvm_tools *t, uint64_t now)
 {
-	return t->answered && now - t->last_answer_ns <= (uint64_t)t->running_ms * NS_PER_MS;
+	return t->answered && t->tclo_open && now - t->last_answer_ns <= (uint64_t)t->running_ms * NS_PER_MS;
 }
 
 /* lock held: unlink a command */
@@ -580,6 +581,7 @@ static void on_tclo(uint16_t channel, uint64_t seq, const char *data, size_t len
 	bool was = running_now(t, now);
 	t->answered = true;
 	t->last_answer_ns = now;
+	t->tclo_open = true; /* it just spoke on one */
 	struct tcmd *c = NULL;
 	for (struct tcmd *p = t->cmds; p; p = p->next)
 		if (p->channel == channel && p->seq == seq && seq && p->status == VMWKVM_TOOLS_PENDING) {
@@ -741,6 +743,8 @@ int vmwkvm_tools_process(vmwkvm_tools *t)
 	pthread_mutex_lock(&t->lock);
 	int n = vmwkvm_rpc_tclo_channels(t->rpc, ids, sizeof(ids) / sizeof(ids[0]));
 	uint64_t now = now_ns(t);
+	if (n >= 0)
+		t->tclo_open = n > 0;
 	uint32_t what = 0;
 	struct tcmd *cbs = NULL, **tail = &cbs;
 	uint64_t next = UINT64_MAX;

@@ -266,7 +266,8 @@ struct vmwkvm_tools_state {
 	uint32_t version;          /**< tools.set.version(type) version number, 0 = not reported */
 	uint32_t version_type;     /**< tools.set.versiontype type (ovt: 4), 0 = not reported */
 	uint8_t version_set;       /**< a version was reported */
-	uint8_t running;           /**< a TCLO answer arrived less than running_ms ago */
+	uint8_t running;           /**< a TCLO answer arrived less than running_ms ago and, at the last
+	                                vmwkvm_tools_process(), a TCLO channel was still open */
 	uint8_t unified_loop;      /**< vmx.capability.unified_loop was received */
 	uint8_t pad;               /**< zero */
 	uint32_t changes;          /**< enum vmwkvm_tools_change bits since the last call (cleared by it) */

@@ -188,7 +188,9 @@ EOF
 	grep -q '^key: guestinfo.vmtools.description=open-vm-tools [0-9.]* build [0-9]*$' "$work/vmtoolsd.rep" ||
 		fail "vmtoolsd: guestinfo.vmtools.description"
 	# every TCLO answer matched one of the 9 commands
-	grep -q ' answers=9 dropped=0 timeouts=0 ' "$work/vmtoolsd.rep" || fail "vmtoolsd: answer counters"
+	grep -q ' answers=9 dropped=0 timeouts=0 logs=[0-9]* running=0$' "$work/vmtoolsd.rep" ||
+		fail "vmtoolsd: answer counters / not running after exit"
+	has vmtoolsd 'running before SIGTERM: 1'
 	# stopped cleanly: vmtoolsd closed its channels on SIGTERM and exited 0 (checked above)
 	grep -q 'guestinfo: 4=build-[0-9][0-9]*$' "$work/vmtoolsd.rep" || fail "vmtoolsd: no build number (type 4)"
 	;;

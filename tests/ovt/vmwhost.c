@@ -525,6 +525,9 @@ static void maybe_term(void)
 		if (!st.version_set)
 			return;
 	}
+	struct vmwkvm_tools_state st = {.sz = sizeof(st)};
+	vmwkvm_tools_get_state(tools, &st);
+	report("running before SIGTERM: %u\n", st.running);
 	kill(main_pid, SIGTERM);
 	term_sent = true;
 }
@@ -535,10 +538,10 @@ static void print_state(void)
 	if (vmwkvm_tools_get_state(tools, &st))
 		return;
 	report("state: version=%u type=%u version_set=%u unified_loop=%u app=\"%s\" caps=%u guestinfo=%u keys=%u "
-	       "answers=%llu dropped=%llu timeouts=%llu logs=%llu\n",
+	       "answers=%llu dropped=%llu timeouts=%llu logs=%llu running=%u\n",
 	       st.version, st.version_type, st.version_set, st.unified_loop, st.app, st.caps, st.guestinfo, st.keys,
 	       (unsigned long long)st.answers, (unsigned long long)st.dropped, (unsigned long long)st.timeouts,
-	       (unsigned long long)st.logs);
+	       (unsigned long long)st.logs, st.running);
 	for (uint32_t i = 0; i < st.caps; i++) {
 		char name[128], value[256];
 		if (!vmwkvm_tools_capability(tools, i, name, sizeof(name), value, sizeof(value)))
@@ -756,6 +759,7 @@ int main(int argc, char **argv)
 	alarm(0);
 	for (; next_cmd < opt.ncmds; next_cmd++)
 		report("tclo: %s -> not sent\n", opt.cmds[next_cmd]);
+	vmwkvm_tools_process(tools); /* notices the closed TCLO channel */
 	print_state();
 	vmwkvm_tools_free(tools);
 	vmwkvm_backdoor_free(bd);

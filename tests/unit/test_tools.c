@@ -583,6 +583,14 @@ START_TEST(heartbeat_running)
 	s = state();
 	ck_assert_uint_eq(s.running, 0);
 	ck_assert_uint_eq(s.last_answer_age_ns, 4001000000ull);
+	/* it answers again: running; then Tools close their channel: stopped at once */
+	tclo_turn(t, "OK ", buf, sizeof(buf));
+	ck_assert_uint_eq(state().running, 1);
+	gclose(t);
+	notify_bits = 0;
+	vmwkvm_tools_process(tools);
+	ck_assert_uint_eq(notify_bits, VMWKVM_TOOLS_CHANGED_RUNNING);
+	ck_assert_uint_eq(state().running, 0);
 }
 END_TEST
 
