@@ -839,6 +839,67 @@ int vmwkvm_tools_process(vmwkvm_tools *t)
 	return ms > INT32_MAX ? INT32_MAX : (int)ms;
 }
 
+int vmwkvm_tools_reset(vmwkvm_tools *t, uint32_t flags)
+{
+	if (!t || (flags & ~VMWKVM_TOOLS_RESET_STORE))
+		return -EINVAL;
+	struct tcmd *cbs = NULL, **tail = &cbs;
+	pthread_mutex_lock(&t->lock);
+	uint64_t now = now_ns(t);
+	bool again;
+	do {
+		again = false;
+		for (struct tcmd *c = t->cmds; c; c = c->next) {
+			if (c->status != VMWKVM_TOOLS_PENDING)
+				continue;
+			struct tcmd *cb = cmd_finish(t, c, VMWKVM_TOOLS_CANCELLED, now);
+			if (cb) {
+				cb->next = NULL;
+				*tail = cb;
+				tail = &cb->next;
+			}
+			again = true;
+			break;
+		}
+	} while (again);
+	t->version = t->version_type = 0;
+	t->version_set = t->running = t->unified_loop = t->answered = t->pinged = t->tclo_open = false;
+	t->state_change = t->state_change_ok = -1;
+	t->app[0] = t->last_log[0] = '\0';
+	for (uint32_t i = 0; i < t->ncaps; i++) {
+		free(t->caps[i].name);
+		free(t->caps[i].value);
+	}
+	t->ncaps = 0;
+	for (size_t i = 0; i <= VMWKVM_TOOLS_MAX_GUESTINFO_TYPE; i++) {
+		free(t->ginfo[i].val);
+		t->ginfo[i].val = NULL;
+		t->ginfo[i].len = 0;
+	}
+	t->nginfo = 0;
+	uint32_t what = VMWKVM_TOOLS_CHANGED_VERSION | VMWKVM_TOOLS_CHANGED_CAPS | VMWKVM_TOOLS_CHANGED_GUESTINFO |
+			VMWKVM_TOOLS_CHANGED_RUNNING | VMWKVM_TOOLS_CHANGED_STATE;
+	if (cbs)
+		what |= VMWKVM_TOOLS_CHANGED_COMMAND;
+	if (flags & VMWKVM_TOOLS_RESET_STORE) {
+		while (t->store) {
+			struct kv *e = t->store;
+			t->store = e->next;
+			free(e->key);
+			free(e->val);
+			free(e);
+		}
+		t->nkeys = 0;
+		t->store_bytes = 0;
+		what |= VMWKVM_TOOLS_CHANGED_STORE;
+	}
+	changed(t, what);
+	pthread_mutex_unlock(&t->lock);
+	run_callbacks(t, cbs);
+	notify_out(t, what);
+	return 0;
+}
+
 /* ---- backdoor ---- */
 
 static int h_getmhz(const struct vmwkvm_call *call, struct vmwkvm_reply *reply, void *ctx)

@@ -260,6 +260,24 @@ VMWKVM_API int vmwkvm_tools_process(vmwkvm_tools *tools);
  */
 VMWKVM_API int vmwkvm_tools_event_fd(const vmwkvm_tools *tools);
 
+/** Flag for vmwkvm_tools_reset(): also forget the guestinfo.* store. */
+#define VMWKVM_TOOLS_RESET_STORE (1u << 0)
+
+/**
+ * VM reset (call it with vmwkvm_rpc_reset()): pending commands complete as
+ * ::VMWKVM_TOOLS_CANCELLED (their callbacks run), and what the guest's Tools reported is
+ * forgotten: version, capabilities, guest info, unified loop, state change, last log line,
+ * TCLO liveness. The guestinfo.* store survives unless @p flags has
+ * ::VMWKVM_TOOLS_RESET_STORE (values the VMM set with vmwkvm_tools_info_set() are then gone too).
+ * Counters (answers, dropped, timeouts, logs) keep counting.
+ * @param tools handle
+ * @param flags 0 or ::VMWKVM_TOOLS_RESET_STORE
+ * @return 0; -EINVAL (NULL @p tools, unknown flags).
+ * @par Thread-safety
+ * Safe; callbacks run on the calling thread.
+ */
+VMWKVM_API int vmwkvm_tools_reset(vmwkvm_tools *tools, uint32_t flags);
+
 /** Tools state as the VMM sees it. */
 struct vmwkvm_tools_state {
 	size_t sz;                 /**< sizeof(struct vmwkvm_tools_state), set by the caller */

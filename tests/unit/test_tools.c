@@ -734,6 +734,47 @@ START_TEST(hostile_never_answers)
 }
 END_TEST
 
+START_TEST(vm_reset)
+{
+	uint16_t t = gopen(VMWKVM_RPC_PROTO_TCLO);
+	char buf[64];
+	cmd("ping", 0);
+	tclo_turn(t, "", buf, sizeof(buf));
+	tclo_turn(t, "OK ", buf, sizeof(buf));
+	ck_assert_str_eq(RPCI_Z("tools.set.versiontype 12352 4"), "1 ");
+	ck_assert_str_eq(RPCI_S("tools.capability.statechange "), "1 ");
+	ck_assert_str_eq(RPCI_Z("SetGuestInfo  1 vm"), "1 ");
+	ck_assert_str_eq(RPCI_Z("vmx.capability.unified_loop toolbox"), "1 ");
+	ck_assert_str_eq(RPCI_S("info-set guestinfo.k v"), "1 ");
+	uint64_t id = cmd("Capabilities_Register", 0);
+	ck_assert_int_eq(ncb, 1);
+	ck_assert_int_eq(vmwkvm_tools_reset(tools, 2), -EINVAL);
+	ck_assert_int_eq(vmwkvm_tools_reset(NULL, 0), -EINVAL);
+	ck_assert_int_eq(vmwkvm_tools_reset(tools, 0), 0);
+	ck_assert_int_eq(ncb, 2);
+	ck_assert_uint_eq(last.id, id);
+	ck_assert_uint_eq(last.status, VMWKVM_TOOLS_CANCELLED);
+	struct vmwkvm_tools_state s = state();
+	ck_assert_uint_eq(s.version_set, 0);
+	ck_assert_uint_eq(s.version, 0);
+	ck_assert_uint_eq(s.caps, 0);
+	ck_assert_uint_eq(s.guestinfo, 0);
+	ck_assert_uint_eq(s.unified_loop, 0);
+	ck_assert_str_eq(s.app, "");
+	ck_assert_uint_eq(s.running, 0);
+	ck_assert_uint_eq(s.pending, 0);
+	ck_assert_uint_eq(s.answers, 1); /* counters keep counting */
+	ck_assert_uint_eq(s.keys, 1);    /* the store survives a plain reset */
+	ck_assert_str_eq(RPCI_S("info-get guestinfo.k"), "1 v");
+	ck_assert_int_eq(vmwkvm_tools_reset(tools, VMWKVM_TOOLS_RESET_STORE), 0);
+	ck_assert_str_eq(RPCI_S("info-get guestinfo.k"), "0 No value found");
+	ck_assert_uint_eq(state().keys, 0);
+	/* Tools come back */
+	ck_assert_str_eq(RPCI_Z("tools.set.versiontype 12353 4"), "1 ");
+	ck_assert_uint_eq(state().version, 12353);
+}
+END_TEST
+
 static Suite *suite(void)
 {
 	Suite *s = suite_create("tools");
@@ -755,6 +796,7 @@ static Suite *suite(void)
 	tcase_add_test(tc, timeouts);
 	tcase_add_test(tc, channel_close_cancels);
 	tcase_add_test(tc, heartbeat_running);
+	tcase_add_test(tc, vm_reset);
 	suite_add_tcase(s, tc);
 	tc = tcase_create("bounds");
 	tcase_add_checked_fixture(tc, setup, teardown);
