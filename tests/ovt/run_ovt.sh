@@ -6,7 +6,8 @@
 #   run_ovt.sh TEST VMWHOST WORKDIR      TEST: checkvm | rpctool | toolbox_stat | vmtoolsd
 #
 # Exit status: 0 pass, 1 fail, 77 skipped (the program is not installed: Debian package
-# open-vm-tools; or the CPU/kernel offers no CPUID faulting, which the fixture needs).
+# open-vm-tools; or the machine refuses what the fixture needs: ptrace of a child, seccomp
+# filters, CPUID faulting).
 set -u
 test=$1
 host=$2
@@ -64,7 +65,7 @@ has() {
 
 probe=$("$host" --probe)
 if [ $? -eq 77 ]; then
-	echo "SKIP: the fixture cannot trap CPUID on this machine: $probe"
+	echo "SKIP: the fixture cannot run on this machine: $probe"
 	exit 77
 fi
 

@@ -21,7 +21,8 @@
  * program given on the command line (the first exec) and --allow-exec paths. Tracees die
  * with the tracer (PTRACE_O_EXITKILL); a watchdog (--timeout) ends everything.
  *
- * Usage: vmwhost --probe    (exit 0 if this machine can run the fixture, 77 if not)
+ * Usage: vmwhost --probe    (exit 0 if this machine can run the fixture: ptrace, seccomp
+ *                            filters and CPUID faulting; 77 and the reason if not)
  *        vmwhost [options] -- PROGRAM [ARGS...]
  *   --mhz N            GETMHZ answer (default 2000; 0 = GETMHZ unanswered) and TSC frequency
  *   --tools-cmd CMD    once a TCLO channel is open, send CMD (repeatable; in order, each
@@ -576,6 +577,50 @@ static void print_state(void)
 	report("last_log: %s\n", st.last_log);
 }
 
+/* ---------------------------------------------------------------- probe */
+
+/* Can this machine run the fixture? A traced child must be able to install the seccomp
+ * filter and switch on CPUID faulting (Intel, or AMD with CpuidUserDis). 0 yes, 77 no. */
+static int probe(void)
+{
+	int p[2];
+	if (pipe(p))
+		return 125;
+	pid_t pid = fork();
+	if (pid < 0)
+		return 125;
+	if (pid == 0) {
+		const char *why = NULL;
+		if (ptrace(PTRACE_TRACEME, 0, 0, 0))
+			why = "ptrace(PTRACE_TRACEME) refused";
+		else if (syscall(SYS_arch_prctl, ARCH_SET_CPUID, 0))
+			why = "no CPUID faulting (arch_prctl(ARCH_SET_CPUID, 0) fails)";
+		else {
+			struct sock_filter f[] = {BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW)};
+			struct sock_fprog prog = {.len = 1, .filter = f};
+			if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) || syscall(__NR_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog))
+				why = "no seccomp filters";
+		}
+		if (why) {
+			ssize_t r = write(p[1], why, strlen(why));
+			(void)r;
+		}
+		_exit(why ? 1 : 0);
+	}
+	close(p[1]);
+	char why[128] = "";
+	ssize_t n = read(p[0], why, sizeof(why) - 1);
+	why[n > 0 ? n : 0] = '\0';
+	int st;
+	waitpid(pid, &st, 0);
+	if (WIFEXITED(st) && WEXITSTATUS(st) == 0) {
+		printf("ptrace, seccomp and CPUID faulting available\n");
+		return 0;
+	}
+	printf("%s\n", why[0] ? why : "the probe child failed");
+	return 77;
+}
+
 /* ---------------------------------------------------------------- main loop */
 
 static void usage(void)
@@ -589,16 +634,8 @@ static void usage(void)
 int main(int argc, char **argv)
 {
 	debug = getenv("VMWHOST_DEBUG") != NULL;
-	if (argc == 2 && !strcmp(argv[1], "--probe")) {
-		/* can this machine run the fixture? CPUID faulting (Intel, or AMD with CpuidUserDis) */
-		if (syscall(SYS_arch_prctl, ARCH_SET_CPUID, 0)) {
-			printf("no CPUID faulting here (arch_prctl(ARCH_SET_CPUID, 0): %s)\n", strerror(errno));
-			return 77;
-		}
-		syscall(SYS_arch_prctl, ARCH_SET_CPUID, 1);
-		printf("CPUID faulting available\n");
-		return 0;
-	}
+	if (argc == 2 && !strcmp(argv[1], "--probe"))
+		return probe();
 	const char *presets[16];
 	int npre = 0;
 	int i;
