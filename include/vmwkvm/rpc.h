@@ -257,6 +257,20 @@ VMWKVM_API int vmwkvm_rpc_set_tclo_handler(vmwkvm_rpc *rpc, vmwkvm_tclo_result_f
 VMWKVM_API int vmwkvm_rpc_tclo_queue(vmwkvm_rpc *rpc, int channel, const void *cmd, size_t len, uint64_t *seq);
 
 /**
+ * Withdraw a queued TCLO command the guest has not started to fetch (a command that timed
+ * out must not reach the guest later: a late "OS_Reboot" would be worse than none).
+ * @param rpc     handle
+ * @param channel the TCLO channel it was queued on
+ * @param seq     its sequence number (from vmwkvm_rpc_tclo_queue())
+ * @return 0 (removed and freed); -EBUSY (the guest is fetching it: it will be delivered),
+ *         -ENOENT (no such open TCLO channel, or no such command queued: already fetched
+ *         or withdrawn), -EINVAL (NULL @p rpc, @p channel out of range, @p seq 0).
+ * @par Thread-safety
+ * Safe.
+ */
+VMWKVM_API int vmwkvm_rpc_tclo_cancel(vmwkvm_rpc *rpc, int channel, uint64_t seq);
+
+/**
  * List the open TCLO channels, oldest first.
  * @param rpc handle
  * @param ids receives up to @p n ids (may be NULL when @p n is 0)

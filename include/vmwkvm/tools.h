@@ -228,7 +228,8 @@ VMWKVM_API int vmwkvm_tools_command_result(vmwkvm_tools *tools, uint64_t id, str
 
 /**
  * Cancel a pending command: it completes as ::VMWKVM_TOOLS_CANCELLED. If the guest has not
- * fetched it yet it may still fetch it (the channel table's queue keeps it); its answer is
+ * started to fetch it, it is withdrawn from the channel table's queue and never reaches the
+ * guest (so is a command that times out); one being fetched is delivered, and its answer is
  * then dropped.
  * @param tools handle
  * @param id    the command id

@@ -239,6 +239,38 @@ int vmwkvm_rpc_tclo_queue(vmwkvm_rpc *rpc, int channel, const void *cmd, size_t 
 	return r;
 }
 
+int vmwkvm_rpc_tclo_cancel(vmwkvm_rpc *rpc, int channel, uint64_t seq)
+{
+	if (!rpc || channel < 0 || channel >= (int)VMWKVM_RPC_MAX_CHANNELS || !seq)
+		return -EINVAL;
+	int r = -ENOENT;
+	struct rpc_msg *gone = NULL;
+	pthread_mutex_lock(&rpc->lock);
+	struct rpc_chan *c = vk_rpc_chan_get(rpc, (uint32_t)channel);
+	if (c && c->proto == VMWKVM_RPC_PROTO_TCLO) {
+		if (c->out && c->out->seq == seq)
+			r = -EBUSY;
+		for (struct rpc_msg **p = &c->q_head; *p && r == -ENOENT; p = &(*p)->next) {
+			if ((*p)->seq != seq)
+				continue;
+			gone = *p;
+			*p = gone->next;
+			if (c->q_tail == gone)
+				c->q_tail = NULL;
+			c->q_len--;
+			r = 0;
+			break;
+		}
+		/* q_tail: the last node, found again when the removed one was the tail */
+		if (!r && !c->q_tail)
+			for (struct rpc_msg *m = c->q_head; m; m = m->next)
+				c->q_tail = m;
+	}
+	pthread_mutex_unlock(&rpc->lock);
+	vk_rpc_msg_free(rpc, gone);
+	return r;
+}
+
 struct tclo_entry {
 	uint64_t open_seq;
 	uint16_t id;

@@ -178,6 +178,7 @@ void vk_rpc_send_complete(struct vmwkvm_rpc *rpc, struct rpc_chan *c, uint16_t i
 			w->msg = c->in;
 			w->len = c->in_len;
 			w->seq = c->last_fetched_seq;
+			c->last_fetched_seq = 0; /* one result per fetched command: a second one is untagged */
 			w->tclo_fn = rpc->tclo_fn;
 			w->tclo_ctx = rpc->tclo_ctx;
 			w->id = id;

@@ -61,6 +61,8 @@ static struct tcmd *cmd_finish(struct vmwkvm_tools *t, struct tcmd *c, uint8_t s
 {
 	c->status = status;
 	c->done_ns = now;
+	if (status == VMWKVM_TOOLS_TIMEOUT || status == VMWKVM_TOOLS_CANCELLED)
+		vmwkvm_rpc_tclo_cancel(t->rpc, c->channel, c->seq); /* not delivered later */
 	if (c->internal) {
 		cmd_unlink(t, c);
 		vk_tools_cmd_free(c);

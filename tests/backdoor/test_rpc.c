@@ -767,6 +767,40 @@ START_TEST(tclo_queue_and_poll)
 }
 END_TEST
 
+START_TEST(tclo_cancel)
+{
+	struct gch g = gopen(TCLO, true);
+	uint64_t s[4];
+	const char *cmds[4] = {"reset", "ping", "OS_Reboot", "OS_Halt"};
+	for (int i = 0; i < 4; i++)
+		ck_assert_int_eq(vmwkvm_rpc_tclo_queue(rpc, g.id, cmds[i], strlen(cmds[i]), &s[i]), 0);
+	/* the guest is fetching the first one: it stays */
+	ck_assert_uint_eq(lb(VMWKVM_RPC_RECVSIZE, 0, &g), 0x00830000u);
+	ck_assert_int_eq(vmwkvm_rpc_tclo_cancel(rpc, g.id, s[0]), -EBUSY);
+	/* the middle and the last of the queue go */
+	ck_assert_int_eq(vmwkvm_rpc_tclo_cancel(rpc, g.id, s[2]), 0);
+	ck_assert_int_eq(vmwkvm_rpc_tclo_cancel(rpc, g.id, s[3]), 0);
+	ck_assert_int_eq(vmwkvm_rpc_tclo_cancel(rpc, g.id, s[3]), -ENOENT);
+	char buf[16];
+	ck_assert_uint_eq(lb(VMWKVM_RPC_RECVPAYLOAD, 0, &g), 0x00010000u); /* drop "reset" */
+	ck_assert_uint_eq(recv_lb(&g, buf, sizeof(buf)), 4);
+	ck_assert_mem_eq(buf, "ping", 4);
+	ck_assert_uint_eq(lb(VMWKVM_RPC_RECVSIZE, 0, &g), 0x00810000u); /* nothing else */
+	/* the tail pointer survived: a new command lands in the queue */
+	ck_assert_int_eq(vmwkvm_rpc_tclo_queue(rpc, g.id, "ping", 4, &s[0]), 0);
+	ck_assert_int_eq(vmwkvm_rpc_tclo_queue(rpc, g.id, "reset", 5, &s[1]), 0);
+	ck_assert_int_eq(vmwkvm_rpc_tclo_cancel(rpc, g.id, s[0]), 0);
+	ck_assert_uint_eq(recv_lb(&g, buf, sizeof(buf)), 5);
+	ck_assert_mem_eq(buf, "reset", 5);
+	struct gch r = gopen(RPCI, false);
+	ck_assert_int_eq(vmwkvm_rpc_tclo_cancel(rpc, r.id, s[1]), -ENOENT);
+	ck_assert_int_eq(vmwkvm_rpc_tclo_cancel(rpc, 4000, s[1]), -ENOENT);
+	ck_assert_int_eq(vmwkvm_rpc_tclo_cancel(rpc, -1, s[1]), -EINVAL);
+	ck_assert_int_eq(vmwkvm_rpc_tclo_cancel(rpc, g.id, 0), -EINVAL);
+	ck_assert_int_eq(vmwkvm_rpc_tclo_cancel(NULL, g.id, 1), -EINVAL);
+}
+END_TEST
+
 START_TEST(tclo_oldest_channel_first)
 {
 	struct gch a = gopen(TCLO, false);
@@ -1446,6 +1480,7 @@ static Suite *suite(void)
 	tcase_add_checked_fixture(t, setup, teardown);
 	tcase_add_test(t, tclo_queue_and_poll);
 	tcase_add_test(t, tclo_oldest_channel_first);
+	tcase_add_test(t, tclo_cancel);
 	tcase_add_test(t, tclo_guest_aborts_receive);
 	suite_add_tcase(s, t);
 

@@ -525,6 +525,30 @@ START_TEST(timeouts)
 }
 END_TEST
 
+/* A command that timed out, or was cancelled, before the guest fetched it never reaches
+ * the guest: a late "OS_Reboot" would be worse than none. One being fetched is delivered. */
+START_TEST(expired_commands_withdrawn)
+{
+	uint16_t t = gopen(VMWKVM_RPC_PROTO_TCLO);
+	char buf[64];
+	cmd("OS_Reboot", 100);
+	uint64_t id2 = cmd("OS_Halt", 0);
+	advance_ms(100);
+	vmwkvm_tools_process(tools);
+	ck_assert_uint_eq(last.status, VMWKVM_TOOLS_TIMEOUT);
+	ck_assert_int_eq(vmwkvm_tools_cancel(tools, id2), 0);
+	ck_assert_int_eq(tclo_turn(t, "", buf, sizeof(buf)), -1); /* nothing waits */
+	/* fetched, then timed out: it was delivered, its late answer is dropped */
+	cmd("ping", 100);
+	ck_assert_int_eq(tclo_turn(t, "", buf, sizeof(buf)), 4);
+	advance_ms(100);
+	vmwkvm_tools_process(tools);
+	ck_assert_uint_eq(last.status, VMWKVM_TOOLS_TIMEOUT);
+	ck_assert_int_eq(tclo_turn(t, "OK ", buf, sizeof(buf)), -1);
+	ck_assert_uint_eq(state().dropped, 1);
+}
+END_TEST
+
 START_TEST(channel_close_cancels)
 {
 	uint16_t t = gopen(VMWKVM_RPC_PROTO_TCLO);
@@ -794,6 +818,7 @@ static Suite *suite(void)
 	tcase_add_test(tc, command_roundtrip);
 	tcase_add_test(tc, command_polled);
 	tcase_add_test(tc, timeouts);
+	tcase_add_test(tc, expired_commands_withdrawn);
 	tcase_add_test(tc, channel_close_cancels);
 	tcase_add_test(tc, heartbeat_running);
 	tcase_add_test(tc, vm_reset);
