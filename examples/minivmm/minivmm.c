@@ -8,7 +8,10 @@
  *   - present the VMware CPUID leaves (vmwkvm_cpuid_vmware) to every vCPU;
  *   - create vCPUs through the library (vmwkvm_vm_create_vcpu) and wrap them (vmwkvm_vcpu_new);
  *   - one command table (vmwkvm_backdoor) with the built-ins and a GuestRPC channel table
- *     (vmwkvm_rpc) serving info-set / info-get / tools.set.version / log;
+ *     (vmwkvm_rpc), with the Tools host side (vmwkvm_tools) on it: the RPCI commands Tools
+ *     send (tools.set.version, log, info-set / info-get with the guestinfo store, ...),
+ *     host-to-guest commands over TCLO (--tools-cmd) and the Tools state (-v);
+ *   - the main thread waits on the watchdog, signals and the Tools' eventfd (poll);
  *   - in each vCPU thread: KVM_RUN, then vmwkvm_backdoor_handle_exit() first; whatever it
  *     leaves is an ordinary exit for the VMM (console, exit device, HLT, errors).
  *
@@ -33,6 +36,9 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/random.h>
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -78,7 +84,13 @@ struct vmm {
 	unsigned running;
 
 	pthread_mutex_t console_lock;
-	struct mvm_store store;
+	vmwkvm_tools *tools;
+
+	/* --tools-cmd, sent one after the other once the guest has a TCLO channel open; under
+	 * lock (the result arrives on a vCPU thread) */
+	size_t tools_next;  /* index of the next command to send */
+	bool tools_waiting; /* tools_next was sent, no result yet */
+	int wake_fd;        /* eventfd: a result arrived, the main thread sends the next one */
 };
 
 /* ------------------------------------------------------------------ messages */
@@ -164,64 +176,6 @@ static void on_kick(int sig)
 
 /* ------------------------------------------------------------------ GuestRPC handlers */
 
-static const char k_guestinfo[] = "guestinfo.";
-#define K_GUESTINFO_LEN (sizeof(k_guestinfo) - 1)
-
-/* "KEY VALUE" after "info-set guestinfo." */
-static int rpc_info_set(const struct vmwkvm_rpci_request *req, vmwkvm_rpc_out *out, void *ctx)
-{
-	struct vmm *m = ctx;
-	const char *a = req->args;
-	size_t n = req->args_len;
-	if (n <= K_GUESTINFO_LEN || memcmp(a, k_guestinfo, K_GUESTINFO_LEN) != 0) {
-		vmwkvm_rpc_out_printf(out, "Only guestinfo.* variables can be set");
-		return -EPERM;
-	}
-	a += K_GUESTINFO_LEN;
-	n -= K_GUESTINFO_LEN;
-	const char *sp = memchr(a, ' ', n);
-	size_t klen = sp ? (size_t)(sp - a) : n;
-	const char *val = sp ? sp + 1 : "";
-	size_t vlen = sp ? n - klen - 1 : 0;
-	int r = mvm_store_set(&m->store, a, klen, val, vlen);
-	switch (r) {
-	case 0:
-		return 0;
-	case -EINVAL:
-		vmwkvm_rpc_out_printf(out, "Invalid key");
-		break;
-	case -E2BIG:
-		vmwkvm_rpc_out_printf(out, "Value too long (at most %d bytes)", MVM_STORE_MAX_VALUE);
-		break;
-	case -ENOSPC:
-		vmwkvm_rpc_out_printf(out, "Too many keys (at most %d)", MVM_STORE_MAX_KEYS);
-		break;
-	default:
-		vmwkvm_rpc_out_printf(out, "%s", strerror(-r));
-		break;
-	}
-	return r;
-}
-
-/* "guestinfo.KEY" after "info-get " */
-static int rpc_info_get(const struct vmwkvm_rpci_request *req, vmwkvm_rpc_out *out, void *ctx)
-{
-	struct vmm *m = ctx;
-	const char *a = req->args;
-	size_t n = req->args_len;
-	while (n && (a[n - 1] == ' ' || a[n - 1] == '\0'))
-		n--;
-	char buf[MVM_STORE_MAX_VALUE];
-	long len = -ENOENT;
-	if (n > K_GUESTINFO_LEN && memcmp(a, k_guestinfo, K_GUESTINFO_LEN) == 0)
-		len = mvm_store_get(&m->store, a + K_GUESTINFO_LEN, n - K_GUESTINFO_LEN, buf, sizeof(buf));
-	if (len < 0) {
-		vmwkvm_rpc_out_printf(out, "No value found");
-		return -ENOENT;
-	}
-	return vmwkvm_rpc_out_append(out, buf, (size_t)len);
-}
-
 static const char *origin_name(uint8_t origin)
 {
 	switch (origin) {
@@ -235,46 +189,136 @@ static const char *origin_name(uint8_t origin)
 }
 
 /* Print guest text on stderr: bounded, control bytes escaped. */
-static void guest_text(const char *what, const struct vmwkvm_rpci_request *req, const char *text, size_t len)
+static void guest_text(const char *what, uint8_t origin, uint8_t cpl, const char *text, size_t len)
 {
 	const size_t max = 512;
 	flockfile(stderr);
-	fprintf(stderr, PROG ": %s (%s, CPL %u): ", what, origin_name(req->origin), req->cpl);
+	fprintf(stderr, PROG ": %s (%s, CPL %u): ", what, origin_name(origin), cpl);
 	mvm_escape(stderr, text, len < max ? len : max);
 	fputs(len > max ? "...\n" : "\n", stderr);
 	funlockfile(stderr);
 }
 
-static int rpc_tools_version(const struct vmwkvm_rpci_request *req, vmwkvm_rpc_out *out, void *ctx)
+/* ------------------------------------------------------------------ Tools */
+
+static const char k_guestinfo[] = "guestinfo.";
+#define K_GUESTINFO_LEN (sizeof(k_guestinfo) - 1)
+
+/* The Tools component's change callback (vCPU thread): what the guest's Tools reported. */
+static void on_tools_change(vmwkvm_tools *tools, uint32_t what, void *ctx)
 {
 	(void)ctx;
-	char num[16];
-	size_t n = req->args_len;
-	while (n && req->args[n - 1] == ' ')
-		n--;
-	if (n == 0 || n >= sizeof(num)) {
-		vmwkvm_rpc_out_printf(out, "Invalid version");
-		return -EINVAL;
+	if (!(what & (VMWKVM_TOOLS_CHANGED_VERSION | VMWKVM_TOOLS_CHANGED_LOG)))
+		return;
+	struct vmwkvm_tools_state st = {.sz = sizeof(st)};
+	if (vmwkvm_tools_get_state(tools, &st) < 0)
+		return;
+	if (what & VMWKVM_TOOLS_CHANGED_VERSION) {
+		char num[16];
+		int n = snprintf(num, sizeof(num), "%u", st.version);
+		guest_text("guest tools version", st.version_origin, st.version_cpl, num, (size_t)n);
 	}
-	memcpy(num, req->args, n);
-	num[n] = '\0';
-	char *end = NULL;
-	errno = 0;
-	unsigned long v = strtoul(num, &end, 10);
-	if (errno || *end || num[0] < '0' || num[0] > '9' || v > 0xFFFFFFFFul) {
-		vmwkvm_rpc_out_printf(out, "Invalid version");
-		return -EINVAL;
-	}
-	guest_text("guest tools version", req, num, n);
-	return 0;
+	if (what & VMWKVM_TOOLS_CHANGED_LOG)
+		guest_text("guest log", st.log_origin, st.log_cpl, st.last_log, strlen(st.last_log));
 }
 
-static int rpc_log(const struct vmwkvm_rpci_request *req, vmwkvm_rpc_out *out, void *ctx)
+/* --tools-cmd: a command finished (vCPU thread for an answer, main thread for a timeout). */
+static void on_tools_result(vmwkvm_tools *tools, const struct vmwkvm_tools_result *res, void *ctx)
 {
-	(void)out;
-	(void)ctx;
-	guest_text("guest log", req, req->args, req->args_len);
-	return 0;
+	(void)tools;
+	struct vmm *m = ctx;
+	pthread_mutex_lock(&m->lock);
+	const char *cmd = m->opt.tools_cmds[m->tools_next];
+	m->tools_waiting = false;
+	m->tools_next++;
+	pthread_mutex_unlock(&m->lock);
+	uint64_t one = 1;
+	ssize_t wr = write(m->wake_fd, &one, sizeof(one)); /* the Tools' eventfd may have woken the
+							     main thread before this ran */
+	(void)wr;
+	static const char *const what[] = {"pending", "OK", "ERROR", "unexpected reply:", "no reply (timed out)",
+					   "cancelled (the Tools' TCLO channel closed)"};
+	const char *w = res->status < sizeof(what) / sizeof(what[0]) ? what[res->status] : "?";
+	bool text = res->status >= VMWKVM_TOOLS_OK && res->status <= VMWKVM_TOOLS_BADREPLY;
+	flockfile(stderr);
+	fprintf(stderr, PROG ": tools-cmd \"%s\": %s", cmd, w);
+	if (text && res->reply_len) {
+		fputc(' ', stderr);
+		mvm_escape(stderr, res->reply, res->reply_len < 512 ? res->reply_len : 512);
+	}
+	fputc('\n', stderr);
+	funlockfile(stderr);
+}
+
+/* Main thread: the Tools' timeouts, and the next --tools-cmd once a TCLO channel is open.
+ * Returns the milliseconds until the component's next deadline. */
+static int tools_step(struct vmm *m)
+{
+	uint64_t ev;
+	ssize_t rd = read(vmwkvm_tools_event_fd(m->tools), &ev, sizeof(ev)); /* clear them */
+	rd = read(m->wake_fd, &ev, sizeof(ev));
+	(void)rd;
+	int next = vmwkvm_tools_process(m->tools);
+	uint16_t id;
+	pthread_mutex_lock(&m->lock);
+	bool send = m->tools_next < m->opt.n_tools_cmds && !m->tools_waiting &&
+		    vmwkvm_rpc_tclo_channels(m->rpc, &id, 1) > 0;
+	const char *cmd = send ? m->opt.tools_cmds[m->tools_next] : NULL;
+	if (send)
+		m->tools_waiting = true;
+	pthread_mutex_unlock(&m->lock);
+	if (send) {
+		int r = vmwkvm_tools_command(m->tools, -1, cmd, 0, on_tools_result, m, NULL);
+		if (r < 0) {
+			msg("tools-cmd \"%s\": not sent: %s", cmd, vmwkvm_strerror(r));
+			pthread_mutex_lock(&m->lock);
+			m->tools_waiting = false;
+			m->tools_next++;
+			pthread_mutex_unlock(&m->lock);
+			next = 0; /* the next one at once */
+		}
+	}
+	/* no event tells that the guest opened its TCLO channel: while commands wait for one,
+	 * look again every 50 ms */
+	pthread_mutex_lock(&m->lock);
+	bool waiting_for_tools = m->tools_next < m->opt.n_tools_cmds && !m->tools_waiting;
+	pthread_mutex_unlock(&m->lock);
+	if (next < 0 || (waiting_for_tools && next > 50))
+		next = waiting_for_tools ? 50 : 1000;
+	return next;
+}
+
+/* At exit: the --tools-cmd commands that got no result, and with -v the Tools state. */
+static void tools_report(struct vmm *m)
+{
+	for (size_t i = m->tools_next; i < m->opt.n_tools_cmds; i++)
+		msg("tools-cmd \"%s\": %s", m->opt.tools_cmds[i],
+		    i == m->tools_next && m->tools_waiting ? "no reply (the VM ended first)"
+							     : "not sent (the guest's Tools never opened a TCLO channel)");
+	if (!m->opt.verbose)
+		return;
+	struct vmwkvm_tools_state st = {.sz = sizeof(st)};
+	vmwkvm_tools_process(m->tools);
+	if (vmwkvm_tools_get_state(m->tools, &st) < 0)
+		return;
+	char age[32] = "never";
+	if (st.last_answer_age_ns != UINT64_MAX)
+		snprintf(age, sizeof(age), "%.1f s ago", (double)st.last_answer_age_ns / 1e9);
+	if (st.version_set)
+		msg("Tools state: version %u (type %u), %s, last TCLO answer %s", st.version, st.version_type,
+		    st.running ? "running" : "not running", age);
+	else
+		msg("Tools state: no version reported, %s, last TCLO answer %s", st.running ? "running" : "not running",
+		    age);
+	msg("Tools state: %u capabilities, %u guest info values, %u guestinfo keys, %llu answers, %llu dropped, "
+	    "%llu timeouts, %llu log lines%s%s", st.caps, st.guestinfo, st.keys, (unsigned long long)st.answers,
+	    (unsigned long long)st.dropped, (unsigned long long)st.timeouts, (unsigned long long)st.logs,
+	    st.app[0] ? ", unified loop " : "", st.app);
+	for (uint32_t i = 0; i < st.caps; i++) {
+		char name[128], value[128];
+		if (vmwkvm_tools_capability(m->tools, i, name, sizeof(name), value, sizeof(value)) == 0)
+			msg("Tools capability: %s%s%s", name, value[0] ? " = " : "", value);
+	}
 }
 
 /* ------------------------------------------------------------------ devices */
@@ -729,11 +773,25 @@ static int setup_backdoor(struct vmm *m, uint32_t tsc_khz)
 	int r = vmwkvm_rpc_new(&ro, &m->rpc);
 	if (r < 0)
 		return r;
-	if ((r = vmwkvm_rpc_register(m->rpc, "info-set", rpc_info_set, m)) < 0 ||
-	    (r = vmwkvm_rpc_register(m->rpc, "info-get", rpc_info_get, m)) < 0 ||
-	    (r = vmwkvm_rpc_register(m->rpc, "tools.set.version", rpc_tools_version, m)) < 0 ||
-	    (r = vmwkvm_rpc_register(m->rpc, "log", rpc_log, m)) < 0)
+	m->wake_fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+	if (m->wake_fd < 0)
+		return -errno;
+	struct vmwkvm_tools_opts to;
+	memset(&to, 0, sizeof(to));
+	to.sz = sizeof(to);
+	to.cpu_mhz = tsc_khz / 1000u; /* GETMHZ (vmware-toolbox-cmd stat speed) */
+	to.notify = on_tools_change;
+	if ((r = vmwkvm_tools_new(m->rpc, &to, &m->tools)) < 0)
 		return r;
+	char key[K_GUESTINFO_LEN + MVM_STORE_MAX_KEY + 1];
+	for (size_t i = 0; i < m->opt.n_presets; i++) {
+		const struct mvm_preset *p = &m->opt.presets[i];
+		snprintf(key, sizeof(key), "%s%.*s", k_guestinfo, (int)p->key_len, p->key);
+		if ((r = vmwkvm_tools_info_set(m->tools, key, p->value, strlen(p->value))) < 0) {
+			msg("--guestinfo %.*s: %s", (int)p->key_len, p->key, r == -E2BIG ? "value too long" : strerror(-r));
+			return r;
+		}
+	}
 
 	struct vmwkvm_backdoor_opts bo;
 	memset(&bo, 0, sizeof(bo));
@@ -749,7 +807,8 @@ static int setup_backdoor(struct vmm *m, uint32_t tsc_khz)
 	bo.rpc = m->rpc;
 	if ((r = vmwkvm_backdoor_new(&bo, &m->bd)) < 0)
 		return r;
-	if ((r = vmwkvm_backdoor_enable_all_builtins(m->bd)) < 0)
+	if ((r = vmwkvm_backdoor_enable_all_builtins(m->bd)) < 0 ||
+	    (r = vmwkvm_tools_bind_backdoor(m->tools, m->bd)) < 0)
 		return r;
 	if (m->opt.l2_allow_set &&
 	    (r = vmwkvm_backdoor_filter_allow_only(m->bd, VMWKVM_BDOOR_FROM_L2, m->opt.l2_allow, m->opt.n_l2_allow)) < 0)
@@ -768,6 +827,7 @@ static void teardown(struct vmm *m)
 			close(v->fd);
 	}
 	vmwkvm_backdoor_free(m->bd);
+	vmwkvm_tools_free(m->tools);
 	vmwkvm_rpc_free(m->rpc);
 	vmwkvm_vm_free(m->vm);
 	free(m->cpuid);
@@ -777,6 +837,48 @@ static void teardown(struct vmm *m)
 		close(m->vm_fd);
 	if (m->kvm_fd >= 0)
 		close(m->kvm_fd);
+	if (m->wake_fd >= 0)
+		close(m->wake_fd);
+}
+
+/* The guestinfo.* store of the Tools component in the dump format (store.h). 0 or -errno. */
+static int dump_tools_store(vmwkvm_tools *tools, FILE *f)
+{
+	struct vmwkvm_tools_state st = {.sz = sizeof(st)};
+	int r = tools ? vmwkvm_tools_get_state(tools, &st) : 0;
+	if (r < 0 || !tools || !st.keys)
+		return r;
+	struct mvm_kv *e = calloc(st.keys, sizeof(*e));
+	if (!e)
+		return -ENOMEM;
+	size_t n = 0;
+	char key[VMWKVM_TOOLS_MAX_VALUE + 1];
+	for (uint32_t i = 0; i < st.keys && r == 0; i++) {
+		int klen = vmwkvm_tools_info_key(tools, i, key, sizeof(key));
+		if (klen < (int)K_GUESTINFO_LEN)
+			break; /* the store changed under us: dump what was read */
+		int vlen = vmwkvm_tools_info_get(tools, key, NULL, 0);
+		if (vlen < 0)
+			continue;
+		e[n].key = strdup(key + K_GUESTINFO_LEN);
+		e[n].value = malloc((size_t)vlen + 1);
+		if (!e[n].key || !e[n].value) {
+			r = -ENOMEM;
+		} else {
+			e[n].value_len = (size_t)vmwkvm_tools_info_get(tools, key, e[n].value, (size_t)vlen);
+			if (e[n].value_len > (size_t)vlen)
+				e[n].value_len = (size_t)vlen;
+		}
+		n++;
+	}
+	if (r == 0)
+		r = mvm_store_dump(e, n, f);
+	for (size_t i = 0; i < n; i++) {
+		free(e[i].key);
+		free(e[i].value);
+	}
+	free(e);
+	return r;
 }
 
 static int write_dump(struct vmm *m)
@@ -786,7 +888,7 @@ static int write_dump(struct vmm *m)
 		msg("--guestinfo-dump %s: %s", m->opt.dump, strerror(errno));
 		return -1;
 	}
-	int r = mvm_store_dump(&m->store, f);
+	int r = dump_tools_store(m->tools, f);
 	if (fclose(f) != 0 && r == 0)
 		r = -errno;
 	if (r < 0) {
@@ -796,7 +898,8 @@ static int write_dump(struct vmm *m)
 	return 0;
 }
 
-/* Wait until a vCPU ends the VM, a signal arrives, or the watchdog expires. */
+/* Wait until a vCPU ends the VM, a signal arrives, or the watchdog expires; meanwhile
+ * serve the Tools component (its eventfd, its timeouts) and send the --tools-cmd commands. */
 static void wait_for_end(struct vmm *m)
 {
 	sigset_t set;
@@ -805,33 +908,44 @@ static void wait_for_end(struct vmm *m)
 	sigaddset(&set, SIGINT);
 	sigaddset(&set, SIGTERM);
 	sigaddset(&set, SIGHUP);
-	struct timespec deadline;
-	clock_gettime(CLOCK_MONOTONIC, &deadline);
-	deadline.tv_sec += m->opt.timeout;
+	int sfd = signalfd(-1, &set, SFD_CLOEXEC);
+	if (sfd < 0) {
+		finish(m, MVM_EXIT_VM_ERROR, "signalfd: %s", strerror(errno));
+		return;
+	}
+	struct timespec start;
+	clock_gettime(CLOCK_MONOTONIC, &start);
 	while (!atomic_load(&m->stopping)) {
-		struct timespec now, left;
-		int s;
+		long long wait_ms = tools_step(m);
 		if (m->opt.timeout) {
+			struct timespec now;
 			clock_gettime(CLOCK_MONOTONIC, &now);
-			left.tv_sec = deadline.tv_sec - now.tv_sec;
-			left.tv_nsec = deadline.tv_nsec - now.tv_nsec;
-			if (left.tv_nsec < 0) {
-				left.tv_nsec += 1000000000L;
-				left.tv_sec--;
-			}
-			if (left.tv_sec < 0) {
+			long long left = (long long)m->opt.timeout * 1000 - ((now.tv_sec - start.tv_sec) * 1000LL +
+									   (now.tv_nsec - start.tv_nsec) / 1000000);
+			if (left <= 0) {
 				finish(m, MVM_EXIT_TIMEOUT, "watchdog: the guest did not finish within %u s (--timeout)",
 				       m->opt.timeout);
 				break;
 			}
-			s = sigtimedwait(&set, NULL, &left);
-		} else {
-			s = sigwaitinfo(&set, NULL);
+			if (left < wait_ms)
+				wait_ms = left;
 		}
+		struct pollfd p[3] = {
+			{.fd = sfd, .events = POLLIN},
+			{.fd = vmwkvm_tools_event_fd(m->tools), .events = POLLIN},
+			{.fd = m->wake_fd, .events = POLLIN},
+		};
+		if (poll(p, 3, (int)(wait_ms > 60000 ? 60000 : wait_ms)) <= 0 || !(p[0].revents & POLLIN))
+			continue; /* a deadline, or the Tools changed: next pass */
+		struct signalfd_siginfo si;
+		if (read(sfd, &si, sizeof(si)) != (ssize_t)sizeof(si))
+			continue;
+		int s = (int)si.ssi_signo;
 		if (s == SIGINT || s == SIGTERM || s == SIGHUP)
 			finish(m, 128 + s, "stopped by signal %d (%s)", s, strsignal(s));
-		/* SIGUSR2: a vCPU ended the VM (checked by the loop); EAGAIN: deadline (next pass) */
+		/* SIGUSR2: a vCPU ended the VM (checked by the loop) */
 	}
+	close(sfd);
 }
 
 static struct vmm g_vmm;
@@ -858,21 +972,20 @@ int main(int argc, char **argv)
 	vmwkvm_set_log(log_cb, NULL, level);
 	setvbuf(stdout, NULL, _IOLBF, 0);
 
-	m->kvm_fd = m->vm_fd = -1;
+	m->kvm_fd = m->vm_fd = m->wake_fd = -1;
 	for (unsigned i = 0; i < MVM_MAX_VCPUS; i++)
 		m->vcpus[i].fd = -1;
 	m->main_thread = pthread_self();
 	pthread_mutex_init(&m->lock, NULL);
 	pthread_mutex_init(&m->console_lock, NULL);
 	atomic_init(&m->stopping, false);
-	mvm_store_init(&m->store);
+	/* presets: checked now, stored once the Tools component exists (setup_backdoor); a value
+	 * must fit an info-get reply ("1 " + value) within the 64 KiB message cap */
 	for (size_t i = 0; i < m->opt.n_presets; i++) {
 		const struct mvm_preset *p = &m->opt.presets[i];
-		int r = mvm_store_set(&m->store, p->key, p->key_len, p->value, strlen(p->value));
-		if (r < 0) {
-			msg("--guestinfo %.*s: %s", (int)p->key_len, p->key,
-			    r == -EINVAL ? "invalid key" : r == -E2BIG ? "value too long" : strerror(-r));
-			mvm_store_destroy(&m->store);
+		bool key_ok = mvm_store_key_ok(p->key, p->key_len);
+		if (!key_ok || strlen(p->value) > VMWKVM_RPC_DEFAULT_MESSAGE - 2) {
+			msg("--guestinfo %.*s: %s", (int)p->key_len, p->key, key_ok ? "value too long" : "invalid key");
 			return MVM_EXIT_USAGE;
 		}
 	}
@@ -884,7 +997,6 @@ int main(int argc, char **argv)
 	int r = read_image(m->opt.guest, &image, &image_size, m->mem_size);
 	if (r < 0) {
 		msg("--guest %s: %s", m->opt.guest, r == -EFBIG ? "larger than guest RAM" : strerror(-r));
-		mvm_store_destroy(&m->store);
 		return MVM_EXIT_NOINPUT;
 	}
 	struct mvm_vcpu_start start[MVM_MAX_VCPUS];
@@ -892,8 +1004,7 @@ int main(int argc, char **argv)
 		if (mvm_layout(&m->opt, image_size, i, &start[i], err, sizeof(err)) < 0) {
 			msg("--guest %s: %s", m->opt.guest, err);
 			free(image);
-			mvm_store_destroy(&m->store);
-			return MVM_EXIT_NOINPUT;
+				return MVM_EXIT_NOINPUT;
 		}
 	}
 
@@ -904,7 +1015,6 @@ int main(int argc, char **argv)
 		msg("cannot open /dev/kvm: %s (KVM is not available here; exit status %d)", strerror(e),
 		    MVM_EXIT_NO_KVM);
 		free(image);
-		mvm_store_destroy(&m->store);
 		return MVM_EXIT_NO_KVM;
 	}
 	int api = ioctl(m->kvm_fd, KVM_GET_API_VERSION, 0);
@@ -1045,14 +1155,14 @@ int main(int argc, char **argv)
 		if (atomic_load(&m->vcpus[i].started))
 			pthread_join(m->vcpus[i].thread, NULL);
 	status = m->status;
+	tools_report(m);
 
 out:
 	fflush(stdout);
-	teardown(m);
-	free(image);
 	if (m->opt.dump && m->vm && write_dump(m) < 0 && status == 0)
 		status = MVM_EXIT_IOERR;
-	mvm_store_destroy(&m->store);
+	teardown(m);
+	free(image);
 	pthread_mutex_destroy(&m->console_lock);
 	pthread_mutex_destroy(&m->lock);
 	return status;

@@ -24,6 +24,8 @@ const char mvm_usage[] =
 	"  --cpuid vmware|kvm       hypervisor CPUID leaves: VMware (default) or KVM's own\n"
 	"  --vmware-policy LIST     per-VM VMware switches: backdoor,hypercall,nested\n"
 	"  --l2-allow CMD,...       backdoor commands a nested (L2) guest may use (or \"none\")\n"
+	"  --tools-cmd CMD          once the guest's Tools are up, send them CMD over TCLO and\n"
+	"                           print the reply (repeatable, sent in order)\n"
 	"  --timeout SECONDS        watchdog, 0 = none (default 60)\n"
 	"  -v, --verbose            library log on stderr (twice: debug)\n"
 	"  -h, --help               this text\n"
@@ -223,7 +225,7 @@ int mvm_parse_args(int argc, const char *const argv[], mvm_command_parser cmd_pa
 		name[nlen] = '\0';
 		static const char *const known[] = {
 			"--guest", "--mode", "--load", "--entry", "--mem", "--vcpus", "--guestinfo-dump",
-			"--guestinfo", "--cpuid", "--vmware-policy", "--l2-allow", "--timeout",
+			"--guestinfo", "--cpuid", "--vmware-policy", "--l2-allow", "--tools-cmd", "--timeout",
 		};
 		size_t k;
 		for (k = 0; k < sizeof(known) / sizeof(known[0]); k++)
@@ -288,6 +290,13 @@ int mvm_parse_args(int argc, const char *const argv[], mvm_command_parser cmd_pa
 		} else if (!strcmp(name, "--l2-allow")) {
 			if (parse_l2_allow(val, cmd_parser, o, err, errlen))
 				return -1;
+		} else if (!strcmp(name, "--tools-cmd")) {
+			size_t len = strlen(val);
+			if (len == 0 || len > MVM_MAX_TOOLS_CMD_LEN)
+				return fail(err, errlen, "--tools-cmd: 1 to %d bytes, not %zu", MVM_MAX_TOOLS_CMD_LEN, len);
+			if (o->n_tools_cmds == MVM_MAX_TOOLS_CMDS)
+				return fail(err, errlen, "--tools-cmd: at most %d commands", MVM_MAX_TOOLS_CMDS);
+			o->tools_cmds[o->n_tools_cmds++] = val;
 		} else { /* --timeout */
 			if (parse_u64(val, &n) || n > 86400)
 				return fail(err, errlen, "--timeout: seconds between 0 and 86400, not '%.40s'", val);

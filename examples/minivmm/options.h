@@ -27,6 +27,8 @@
 #define MVM_DEFAULT_TIMEOUT 60u
 #define MVM_MAX_L2_ALLOW 64
 #define MVM_MAX_PRESETS 64
+#define MVM_MAX_TOOLS_CMDS 32
+#define MVM_MAX_TOOLS_CMD_LEN 4096
 
 /* Real mode: stack tops, per vCPU, in the entry's 64 KiB segment. */
 #define MVM_REAL_STACK_TOP 0xFFF0u
@@ -72,6 +74,8 @@ struct mvm_options {
 	int verbose;              /* -v count: library log level */
 	struct mvm_preset presets[MVM_MAX_PRESETS]; /* --guestinfo KEY=VALUE */
 	size_t n_presets;
+	const char *tools_cmds[MVM_MAX_TOOLS_CMDS]; /* --tools-cmd CMD, in order (point into argv) */
+	size_t n_tools_cmds;
 	bool help;                /* --help */
 	bool version;             /* --version */
 };

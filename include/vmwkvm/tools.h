@@ -302,6 +302,10 @@ struct vmwkvm_tools_state {
 	uint64_t logs;             /**< "log" lines received */
 	int32_t state_change;      /**< last tools.os.statechange.status state, -1 if none */
 	int32_t state_change_ok;   /**< its success value, -1 if none */
+	uint8_t version_origin;    /**< enum vmwkvm_origin of the call that last reported the version */
+	uint8_t version_cpl;       /**< its CPL */
+	uint8_t log_origin;        /**< enum vmwkvm_origin of the call that sent @ref last_log */
+	uint8_t log_cpl;           /**< its CPL */
 	char app[64];              /**< unified loop application name ("toolbox"), "" if none */
 	char last_log[256];        /**< last "log" line (truncated), "" if none */
 	uint64_t reserved[4];      /**< zero */
@@ -372,6 +376,19 @@ VMWKVM_API int vmwkvm_tools_guest_info(vmwkvm_tools *tools, uint32_t type, void 
  * Safe.
  */
 VMWKVM_API int vmwkvm_tools_info_get(vmwkvm_tools *tools, const char *key, void *buf, size_t cap);
+
+/**
+ * A guestinfo.* key by index, to list the store (e.g. to save it): keys come in no
+ * particular order, and the indexes change when a key is added or removed.
+ * @param tools handle
+ * @param index 0 .. vmwkvm_tools_state::keys - 1
+ * @param key   receives the full key "guestinfo.NAME", NUL-terminated (truncated to @p cap)
+ * @param cap   capacity of @p key (> 0)
+ * @return the key's full length (>= 0); -ENOENT (index out of range), -EINVAL.
+ * @par Thread-safety
+ * Safe.
+ */
+VMWKVM_API int vmwkvm_tools_info_key(vmwkvm_tools *tools, uint32_t index, char *key, size_t cap);
 
 /**
  * Set (or with @p value NULL remove) a guestinfo.* key from the host side, for the guest

@@ -170,6 +170,10 @@ int vmwkvm_tools_get_state(vmwkvm_tools *t, struct vmwkvm_tools_state *st)
 	s.logs = t->logs;
 	s.state_change = t->state_change;
 	s.state_change_ok = t->state_change_ok;
+	s.version_origin = t->version_origin;
+	s.version_cpl = t->version_cpl;
+	s.log_origin = t->log_origin;
+	s.log_cpl = t->log_cpl;
 	memcpy(s.app, t->app, sizeof(s.app));
 	memcpy(s.last_log, t->last_log, sizeof(s.last_log));
 	pthread_mutex_unlock(&t->lock);
@@ -258,6 +262,24 @@ int vmwkvm_tools_info_set(vmwkvm_tools *t, const char *key, const void *value, s
 		return -E2BIG;
 	pthread_mutex_lock(&t->lock);
 	int r = vk_tools_store_set(t, key, strlen(key), value ? value : NULL, value ? len : 0);
+	pthread_mutex_unlock(&t->lock);
+	return r;
+}
+
+int vmwkvm_tools_info_key(vmwkvm_tools *t, uint32_t index, char *key, size_t cap)
+{
+	if (!t || !key || !cap)
+		return -EINVAL;
+	pthread_mutex_lock(&t->lock);
+	struct kv *e = t->store;
+	for (uint32_t i = 0; e && i < index; i++)
+		e = e->next;
+	int r = -ENOENT;
+	if (e) {
+		size_t len = strlen(e->key);
+		copy_out(key, cap, e->key);
+		r = (int)len;
+	}
 	pthread_mutex_unlock(&t->lock);
 	return r;
 }

@@ -79,6 +79,7 @@ struct vmwkvm_tools {
 	int32_t state_change, state_change_ok;
 	char app[64];
 	char last_log[256];
+	uint8_t version_origin, version_cpl, log_origin, log_cpl;
 	struct cap *caps;
 	uint32_t ncaps;
 	struct { char *val; size_t len; } ginfo[VMWKVM_TOOLS_MAX_GUESTINFO_TYPE + 1];

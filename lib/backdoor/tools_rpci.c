@@ -144,6 +144,8 @@ static int h_version(const struct vmwkvm_rpci_request *req, vmwkvm_rpc_out *out,
 	if (typed)
 		t->version_type = type;
 	t->version_set = true;
+	t->version_origin = req->origin;
+	t->version_cpl = req->cpl;
 	if (diff)
 		vk_tools_changed(t, VMWKVM_TOOLS_CHANGED_VERSION);
 	pthread_mutex_unlock(&t->lock);
@@ -220,6 +222,8 @@ static int h_log(const struct vmwkvm_rpci_request *req, vmwkvm_rpc_out *out, voi
 	pthread_mutex_lock(&t->lock);
 	t->logs++;
 	copy_text(t->last_log, sizeof(t->last_log), req->args, len);
+	t->log_origin = req->origin;
+	t->log_cpl = req->cpl;
 	vk_tools_changed(t, VMWKVM_TOOLS_CHANGED_LOG);
 	pthread_mutex_unlock(&t->lock);
 	vk_debug("tools: guest log: %.*s", (int)(len < 200 ? len : 200), req->args);

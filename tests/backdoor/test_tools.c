@@ -213,6 +213,8 @@ START_TEST(version_and_state)
 	ck_assert_uint_eq(s.version, 12352);
 	ck_assert_uint_eq(s.version_type, 4);
 	ck_assert_uint_eq(s.version_set, 1);
+	ck_assert_uint_eq(s.version_origin, VMWKVM_ORIGIN_L1); /* where it came from, as the call said */
+	ck_assert_uint_eq(s.version_cpl, 3);
 	ck_assert_uint_eq(s.changes, VMWKVM_TOOLS_CHANGED_VERSION);
 	ck_assert_uint_eq(state().changes, 0); /* cleared by the read */
 	ck_assert_uint_ge(efd_read(), 1);
@@ -265,6 +267,8 @@ START_TEST(loop_log_statechange)
 	ck_assert_str_eq(s.app, "toolbox");
 	ck_assert_uint_eq(s.logs, 1);
 	ck_assert_str_eq(s.last_log, "toolbox: Version: 12.2.0.41219 (build-21223074)");
+	ck_assert_uint_eq(s.log_origin, VMWKVM_ORIGIN_L1);
+	ck_assert_uint_eq(s.log_cpl, 3);
 	ck_assert_int_eq(s.state_change_ok, 0);
 	ck_assert_int_eq(s.state_change, 1);
 	ck_assert_uint_eq(s.changes, VMWKVM_TOOLS_CHANGED_STATE | VMWKVM_TOOLS_CHANGED_LOG);
@@ -343,6 +347,23 @@ START_TEST(info_store)
 	struct vmwkvm_tools_state s = state();
 	ck_assert_uint_eq(s.keys, 2);
 	ck_assert(s.changes & VMWKVM_TOOLS_CHANGED_STORE);
+	/* listing: each key once, whatever the order */
+	char key[32];
+	bool seen_k = false, seen_big = false;
+	for (uint32_t i = 0; i < 2; i++) {
+		int n = vmwkvm_tools_info_key(tools, i, key, sizeof(key));
+		ck_assert_int_eq(n, (int)strlen(key));
+		seen_k |= !strcmp(key, "guestinfo.k");
+		seen_big |= !strcmp(key, "guestinfo.big");
+	}
+	ck_assert(seen_k && seen_big);
+	ck_assert_int_eq(vmwkvm_tools_info_key(tools, 2, key, sizeof(key)), -ENOENT);
+	int n0 = vmwkvm_tools_info_key(tools, 0, key, sizeof(key));
+	ck_assert_int_eq(vmwkvm_tools_info_key(tools, 0, key, 4), n0); /* the full length, */
+	ck_assert_uint_eq(strlen(key), 3);                                 /* the key truncated */
+	ck_assert_int_eq(vmwkvm_tools_info_key(tools, 0, key, 0), -EINVAL);
+	ck_assert_int_eq(vmwkvm_tools_info_key(tools, 0, NULL, 4), -EINVAL);
+	ck_assert_int_eq(vmwkvm_tools_info_key(NULL, 0, key, 4), -EINVAL);
 }
 END_TEST
 

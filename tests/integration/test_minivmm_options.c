@@ -62,6 +62,37 @@ START_TEST(all_options_both_forms)
 }
 END_TEST
 
+START_TEST(tools_cmds)
+{
+	ck_assert_int_eq(PARSE("--guest", "g", "--tools-cmd", "ping", "--tools-cmd=Set_Option synctime 0",
+			       "--tools-cmd", "OS_Halt"),
+			 0);
+	ck_assert_uint_eq(opt.n_tools_cmds, 3);
+	ck_assert_str_eq(opt.tools_cmds[0], "ping");
+	ck_assert_str_eq(opt.tools_cmds[1], "Set_Option synctime 0");
+	ck_assert_str_eq(opt.tools_cmds[2], "OS_Halt");
+	ck_assert_int_eq(PARSE("--guest", "g", "--tools-cmd", ""), -1);
+	ck_assert_str_eq(err, "--tools-cmd: 1 to 4096 bytes, not 0");
+	static char longcmd[MVM_MAX_TOOLS_CMD_LEN + 2];
+	memset(longcmd, 'x', MVM_MAX_TOOLS_CMD_LEN + 1);
+	ck_assert_int_eq(PARSE("--guest", "g", "--tools-cmd", longcmd), -1);
+	longcmd[MVM_MAX_TOOLS_CMD_LEN] = '\0';
+	ck_assert_int_eq(PARSE("--guest", "g", "--tools-cmd", longcmd), 0);
+	const char *argv[2 + 2 * (MVM_MAX_TOOLS_CMDS + 1)];
+	int argc = 0;
+	argv[argc++] = "x";
+	argv[argc++] = "--guest=g";
+	for (int i = 0; i <= MVM_MAX_TOOLS_CMDS; i++) {
+		argv[argc++] = "--tools-cmd";
+		argv[argc++] = "ping";
+	}
+	ck_assert_int_eq(mvm_parse_args(argc - 2, argv, NULL, &opt, err, sizeof(err)), 0);
+	ck_assert_uint_eq(opt.n_tools_cmds, MVM_MAX_TOOLS_CMDS);
+	ck_assert_int_eq(mvm_parse_args(argc, argv, NULL, &opt, err, sizeof(err)), -1);
+	ck_assert_str_eq(err, "--tools-cmd: at most 32 commands");
+}
+END_TEST
+
 START_TEST(numbers)
 {
 	ck_assert_int_eq(PARSE("--guest", "g", "--load", "4096"), 0);
@@ -302,44 +333,28 @@ END_TEST
 
 /* ---------------------------------------------------------------- store */
 
-static char *dump_to_string(struct mvm_store *s)
+static char *dump_to_string(struct mvm_kv *e, size_t n)
 {
 	char *buf = NULL;
 	size_t len = 0;
 	FILE *f = open_memstream(&buf, &len);
 	ck_assert_ptr_nonnull(f);
-	ck_assert_int_eq(mvm_store_dump(s, f), 0);
+	ck_assert_int_eq(mvm_store_dump(e, n, f), 0);
 	fclose(f);
 	return buf;
 }
 
-START_TEST(store_set_get_sorted)
+#define KV(k, v) {(char *)(k), (char *)(v), sizeof(v) - 1}
+
+START_TEST(store_dump_sorted)
 {
-	struct mvm_store *s = malloc(sizeof(*s));
-	mvm_store_init(s);
-	ck_assert_int_eq(mvm_store_set(s, "zeta", 4, "last", 4), 0);
-	ck_assert_int_eq(mvm_store_set(s, "alpha", 5, "first", 5), 0);
-	ck_assert_int_eq(mvm_store_set(s, "alph", 4, "prefix", 6), 0);
-	ck_assert_int_eq(mvm_store_set(s, "mid", 3, "", 0), 0);
-	ck_assert_uint_eq(mvm_store_count(s), 4);
-	char buf[16];
-	ck_assert_int_eq(mvm_store_get(s, "alpha", 5, buf, sizeof(buf)), 5);
-	ck_assert_int_eq(memcmp(buf, "first", 5), 0);
-	ck_assert_int_eq(mvm_store_get(s, "alph", 4, buf, sizeof(buf)), 6);
-	ck_assert_int_eq(mvm_store_get(s, "mid", 3, buf, sizeof(buf)), 0);
-	ck_assert_int_eq(mvm_store_get(s, "al", 2, buf, sizeof(buf)), -ENOENT);
-	ck_assert_int_eq(mvm_store_get(s, "bad key", 7, buf, sizeof(buf)), -ENOENT);
-	/* replace */
-	ck_assert_int_eq(mvm_store_set(s, "alpha", 5, "again", 5), 0);
-	ck_assert_uint_eq(mvm_store_count(s), 4);
-	/* a short buffer gets a prefix, the return value is the full length */
-	ck_assert_int_eq(mvm_store_get(s, "alpha", 5, buf, 2), 5);
-	ck_assert_int_eq(memcmp(buf, "ag", 2), 0);
-	char *d = dump_to_string(s);
-	ck_assert_str_eq(d, "alph=prefix\nalpha=again\nmid=\nzeta=last\n");
+	struct mvm_kv e[] = {KV("zeta", "last"), KV("alpha", "first"), KV("alph", "prefix"), KV("mid", "")};
+	char *d = dump_to_string(e, 4);
+	ck_assert_str_eq(d, "alph=prefix\nalpha=first\nmid=\nzeta=last\n");
 	free(d);
-	mvm_store_destroy(s);
-	free(s);
+	d = dump_to_string(NULL, 0);
+	ck_assert_str_eq(d, "");
+	free(d);
 }
 END_TEST
 
@@ -358,37 +373,16 @@ START_TEST(store_keys_and_limits)
 	memset(longkey, 'k', sizeof(longkey));
 	ck_assert(mvm_store_key_ok(longkey, MVM_STORE_MAX_KEY));
 	ck_assert(!mvm_store_key_ok(longkey, MVM_STORE_MAX_KEY + 1));
-
-	struct mvm_store *s = malloc(sizeof(*s));
-	mvm_store_init(s);
-	ck_assert_int_eq(mvm_store_set(s, "a b", 3, "v", 1), -EINVAL);
-	static char big[MVM_STORE_MAX_VALUE + 1];
-	ck_assert_int_eq(mvm_store_set(s, "big", 3, big, sizeof(big)), -E2BIG);
-	ck_assert_int_eq(mvm_store_set(s, "big", 3, big, MVM_STORE_MAX_VALUE), 0);
-	for (int i = 1; i < MVM_STORE_MAX_KEYS; i++) {
-		char k[16];
-		int n = snprintf(k, sizeof(k), "k%03d", i);
-		ck_assert_int_eq(mvm_store_set(s, k, (size_t)n, "v", 1), 0);
-	}
-	ck_assert_uint_eq(mvm_store_count(s), MVM_STORE_MAX_KEYS);
-	ck_assert_int_eq(mvm_store_set(s, "one-more", 8, "v", 1), -ENOSPC);
-	ck_assert_int_eq(mvm_store_set(s, "k001", 4, "replaced", 8), 0); /* replacing still works */
-	mvm_store_destroy(s);
-	free(s);
 }
 END_TEST
 
 START_TEST(store_dump_escapes)
 {
-	struct mvm_store *s = malloc(sizeof(*s));
-	mvm_store_init(s);
 	static const char v[] = "a\\b\nc\rd\te\x01\x7f\xff=f\0g";
-	ck_assert_int_eq(mvm_store_set(s, "k", 1, v, sizeof(v) - 1), 0);
-	char *d = dump_to_string(s);
+	struct mvm_kv e[] = {KV("k", v)};
+	char *d = dump_to_string(e, 1);
 	ck_assert_str_eq(d, "k=a\\\\b\\nc\\rd\\x09e\\x01\\x7f\\xff=f\\x00g\n");
 	free(d);
-	mvm_store_destroy(s);
-	free(s);
 }
 END_TEST
 
@@ -396,6 +390,7 @@ static Suite *suite(void)
 {
 	Suite *s = suite_create("minivmm_options");
 	TCase *t = tcase_create("args");
+	tcase_add_test(t, tools_cmds);
 	tcase_add_test(t, defaults);
 	tcase_add_test(t, all_options_both_forms);
 	tcase_add_test(t, numbers);
@@ -413,7 +408,7 @@ static Suite *suite(void)
 	tcase_add_test(t, gdt_is_flat_sysexit_layout);
 	suite_add_tcase(s, t);
 	t = tcase_create("store");
-	tcase_add_test(t, store_set_get_sorted);
+	tcase_add_test(t, store_dump_sorted);
 	tcase_add_test(t, store_keys_and_limits);
 	tcase_add_test(t, store_dump_escapes);
 	suite_add_tcase(s, t);
