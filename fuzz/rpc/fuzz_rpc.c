@@ -1,13 +1,18 @@
 /* libFuzzer target: the GuestRPC channel (lib/backdoor/rpc*.c) driven by arbitrary sequences of
  * synthetic decoded calls: LB subcommands with right, wrong and swapped cookies, whole and
  * abandoned HB transfers in pieces, raw HB pieces with arbitrary offsets and lengths,
- * checkpoints, TCLO queueing and resets, under small and default bounds.
+ * checkpoints, TCLO queueing, withdrawal and resets, under small and default bounds; with
+ * config bit 7 the Tools host component (lib/backdoor/tools*.c) is attached, so the RPCI
+ * commands Tools send and the TCLO results land there, and the host side drives it:
+ * commands with timeouts on a fake clock, polling, cancel, process, guestinfo set/list,
+ * state reads, VM reset.
  *
  * Checked after every step (abort() = a finding): the register answers keep the protocol's
  * shape (LB: ECX low16 = 0, EAX/EBP never written, a failure writes ECX only; HB: nothing
  * before the last piece, EBX at the last one; REP INSB data only into the piece's own
  * buffer), the channel count stays within max_channels, and the bytes the channel table
- * holds (vk_rpc_allocated) stay within what the configured bounds allow (vk_rpc_bound).
+ * holds (vk_rpc_allocated) stay within what the configured bounds allow (vk_rpc_bound), and
+ * the Tools component's commands and keys stay within its bounds.
  * LeakSanitizer checks that vmwkvm_rpc_free() releases everything. */
 #include <errno.h>
 #include <stdio.h>
@@ -15,6 +20,8 @@
 #include <string.h>
 
 #include "backdoor/rpc_chan.h"
+
+#include <vmwkvm/tools.h>
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -52,6 +59,11 @@ struct known {
 
 static struct {
 	vmwkvm_rpc *rpc;
+	vmwkvm_tools *tools;
+	uint64_t now_ns;     /* the Tools component's clock */
+	uint64_t last_cmd;   /* last Tools command id */
+	uint64_t last_seq;   /* last TCLO sequence number queued */
+	int last_ch;
 	uint32_t max_channels, max_message;
 	struct known k[MAX_KNOWN];
 	int nk;
@@ -389,15 +401,117 @@ static void op_tclo(struct in *in)
 {
 	uint8_t b = rd8(in);
 	int ch = (b & 1) ? -1 : (int)pick(in).id;
+	if (b & 4) {
+		/* withdraw the last queued command (or an arbitrary sequence number) */
+		uint64_t seq = (b & 8) ? rd16(in) : F.last_seq;
+		int r = vmwkvm_rpc_tclo_cancel(F.rpc, ch < 0 ? F.last_ch : ch, seq);
+		CHECK(r == 0 || r == -EBUSY || r == -ENOENT || r == -EINVAL);
+		check_bounds();
+		return;
+	}
 	size_t len = (b & 2) ? rd16(in) % (F.max_message + 2u) : rd8(in);
 	uint64_t seq = 0;
 	int r = vmwkvm_rpc_tclo_queue(F.rpc, ch, len ? sendbuf : NULL, len, &seq);
 	CHECK(r == 0 || r == -EINVAL || r == -ENOENT || r == -E2BIG || r == -ENOSPC);
-	if (r == 0)
+	if (r == 0) {
 		CHECK(seq > 0 && len <= F.max_message);
+		F.last_seq = seq;
+		F.last_ch = ch;
+	}
 	uint16_t ids[4];
 	CHECK(vmwkvm_rpc_tclo_channels(F.rpc, ids, 4) >= 0);
 	check_bounds();
+}
+
+/* The Tools component is linked without the command table: bind_backdoor is never called. */
+int vmwkvm_backdoor_set_handler(vmwkvm_backdoor *bd, uint16_t command, vmwkvm_backdoor_handler_fn fn, void *ctx)
+{
+	(void)bd;
+	(void)command;
+	(void)fn;
+	(void)ctx;
+	return -ENOSYS;
+}
+
+static uint64_t tools_clock(void *ctx)
+{
+	(void)ctx;
+	return F.now_ns;
+}
+
+static void on_tools_result(vmwkvm_tools *t, const struct vmwkvm_tools_result *res, void *ctx)
+{
+	(void)t;
+	(void)ctx;
+	CHECK(res->status > VMWKVM_TOOLS_PENDING && res->status <= VMWKVM_TOOLS_CANCELLED);
+	CHECK(res->reply_len <= VMWKVM_TOOLS_DEFAULT_REPLY && res->reply[res->reply_len] == '\0');
+}
+
+static void check_tools(void)
+{
+	struct vmwkvm_tools_state st = {.sz = sizeof(st)};
+	CHECK(vmwkvm_tools_get_state(F.tools, &st) == 0);
+	CHECK(st.pending <= VMWKVM_TOOLS_DEFAULT_PENDING && st.keys <= VMWKVM_TOOLS_DEFAULT_KEYS &&
+	      st.caps <= VMWKVM_TOOLS_DEFAULT_CAPS);
+	CHECK(memchr(st.last_log, '\0', sizeof(st.last_log)) && memchr(st.app, '\0', sizeof(st.app)));
+	check_bounds();
+}
+
+/* The host side of the Tools component. */
+static void op_tools(struct in *in)
+{
+	if (!F.tools)
+		return;
+	uint8_t b = rd8(in);
+	char text[64];
+	size_t n = rd8(in) % sizeof(text);
+	for (size_t i = 0; i < n; i++)
+		text[i] = (char)(rd8(in) | 1); /* no NUL inside */
+	text[n] = '\0';
+	struct vmwkvm_tools_result res = {.sz = sizeof(res)};
+	int r;
+	switch (b % 7) {
+	case 0:
+		r = vmwkvm_tools_command(F.tools, (b & 8) ? (int)pick(in).id : -1, text, rd8(in) * 10u,
+					 (b & 16) ? on_tools_result : NULL, NULL, &F.last_cmd);
+		CHECK(r == 0 || r == -EINVAL || r == -ENOENT || r == -ENOSPC || r == -E2BIG);
+		break;
+	case 1:
+		r = vmwkvm_tools_command_result(F.tools, (b & 8) ? rd8(in) : F.last_cmd, &res);
+		CHECK(r == 0 || r == -EAGAIN || r == -ENOENT);
+		if (r == 0)
+			CHECK(res.reply_len <= VMWKVM_TOOLS_DEFAULT_REPLY && res.reply[res.reply_len] == '\0');
+		break;
+	case 2:
+		r = vmwkvm_tools_cancel(F.tools, (b & 8) ? rd8(in) : F.last_cmd);
+		CHECK(r == 0 || r == -ENOENT);
+		break;
+	case 3:
+		F.now_ns += (uint64_t)rd16(in) * 1000000u;
+		CHECK(vmwkvm_tools_process(F.tools) >= 0);
+		break;
+	case 4: {
+		char v[32];
+		uint32_t i = rd8(in);
+		r = vmwkvm_tools_info_key(F.tools, i, text, sizeof(text));
+		CHECK(r >= 0 || r == -ENOENT);
+		if (r >= 0)
+			CHECK(vmwkvm_tools_info_get(F.tools, text, v, sizeof(v)) >= 0);
+		r = vmwkvm_tools_capability(F.tools, i, text, sizeof(text), v, sizeof(v));
+		CHECK(r == 0 || r == -ENOENT);
+		r = vmwkvm_tools_guest_info(F.tools, i % (VMWKVM_TOOLS_MAX_GUESTINFO_TYPE + 2), v, sizeof(v));
+		CHECK(r >= 0 || r == -ENOENT || r == -EINVAL);
+		break;
+	}
+	case 5:
+		r = vmwkvm_tools_info_set(F.tools, text, (b & 8) ? NULL : sendbuf, rd16(in));
+		CHECK(r == 0 || r == -EINVAL || r == -E2BIG || r == -ENOSPC || r == -ENOENT);
+		break;
+	default:
+		CHECK(vmwkvm_tools_reset(F.tools, (b & 8) ? VMWKVM_TOOLS_RESET_STORE : 0) == 0);
+		break;
+	}
+	check_tools();
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -419,16 +533,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	CHECK(vmwkvm_rpc_new(&o, &F.rpc) == 0);
 	F.max_channels = o.max_channels ? o.max_channels : VMWKVM_RPC_DEFAULT_CHANNELS;
 	F.max_message = o.max_message ? o.max_message : VMWKVM_RPC_DEFAULT_MESSAGE;
-	vmwkvm_rpc_register(F.rpc, "log", h_echo, NULL);
+	if (cfg & 0x80) {
+		/* the Tools component: its RPCI commands ("log", "info-set", ...) and TCLO results */
+		struct vmwkvm_tools_opts to = {.sz = sizeof(to), .clock = tools_clock, .heartbeat_ms = 50};
+		F.now_ns = 1000000000u;
+		CHECK(vmwkvm_tools_new(F.rpc, &to, &F.tools) == 0);
+	}
+	vmwkvm_rpc_register(F.rpc, "log", h_echo, NULL); /* -EEXIST with the Tools component */
 	vmwkvm_rpc_register(F.rpc, "info-set", h_echo, NULL);
 	vmwkvm_rpc_register(F.rpc, "big", h_big, NULL);
 	vmwkvm_rpc_register(F.rpc, "tools.", h_fail, NULL);
 	if (cfg & 0x80)
+		; /* the Tools component took the TCLO results */
+	else
 		vmwkvm_rpc_set_tclo_handler(F.rpc, on_tclo, NULL);
 
 	unsigned steps = 0;
 	while (in.off < in.n && steps++ < 4096) {
-		switch (rd8(&in) % 10) {
+		switch (rd8(&in) % 11) {
 		case 0: op_open(&in); break;
 		case 1: op_lb(&in); break;
 		case 2: op_send_lb(&in); break;
@@ -438,6 +560,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 		case 6: CHECK(vmwkvm_rpc_checkpoint(F.rpc) >= 0); break;
 		case 7: op_tclo(&in); break;
 		case 8: op_raw_hb(&in); break;
+		case 10: op_tools(&in); break;
 		default:
 			if (rd8(&in) == 0xAA) {
 				CHECK(vmwkvm_rpc_reset(F.rpc) >= 0);
@@ -449,6 +572,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 			break;
 		}
 	}
+	vmwkvm_tools_free(F.tools);
 	vmwkvm_rpc_free(F.rpc);
 	return 0;
 }
