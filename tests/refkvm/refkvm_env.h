@@ -48,6 +48,12 @@
 #define RK_REPORT_PORT 0x80
 #define RK_L1_PORT 0x81
 #define RK_RUN_X86_GUEST_MODE (1u << 2)
+/* 6.8+ (the build host's linux/kvm.h may be older) */
+#define RK_EXIT_MEMORY_FAULT 39u
+struct rk_memory_fault {
+	uint64_t flags, gpa, size;
+};
+#define RK_MEMORY_FAULT(run) ((const struct rk_memory_fault *)(const void *)((const uint8_t *)(run) + 32))
 
 static inline int rk_check_ext(int fd, unsigned cap)
 {
