@@ -504,6 +504,39 @@ static void perm_fault(bool optin)
 	vm_destroy(&v);
 }
 
+/* a read of PROT_NONE RAM with the opt-in: exit 39 with the READ flag; then the read completes */
+static void perm_fault_read(void)
+{
+	const char *name = "permission fault (read of PROT_NONE RAM) with the opt-in";
+	struct vm v;
+	if (vm_create(&v)) {
+		check(false, name, "VM");
+		return;
+	}
+	enable_cap(v.fd, CAP_PERM, 1);
+	if (vm_setup(&v, 0, code_perm_write, sizeof(code_perm_write))) {
+		check(false, name, "setup");
+		vm_destroy(&v);
+		return;
+	}
+	struct kvm_regs r = regs(&v);
+	r.rip = 0x400a; /* mov eax,[0x10010]; ud2 */
+	ioctl(v.vcpu, KVM_SET_REGS, &r);
+	put32(v.perm, 0x10, 0x5eed1234);
+	mprotect(v.perm, 0x1000, PROT_NONE);
+	int e = run(&v);
+	struct memfault *mf = (struct memfault *)((uint8_t *)v.run + 32);
+	check(e == -EFAULT && v.run->exit_reason == KVM_EXIT_MEMORY_FAULT && mf->gpa == PERM_GPA && mf->flags == 1, name,
+	      "KVM_RUN %d, exit %u gpa 0x%llx flags 0x%llx", e, v.run->exit_reason, (unsigned long long)mf->gpa,
+	      (unsigned long long)mf->flags);
+	mprotect(v.perm, 0x1000, PROT_READ | PROT_WRITE);
+	e = run(&v);
+	r = regs(&v);
+	check(e == 0 && reported_vector(&v) == 6 && ((uint32_t)r.rax & 0xffffff00u) == 0x5eed1200u,
+	      "permission fault (read): completes after unprotect", "eax 0x%llx", (unsigned long long)r.rax);
+	vm_destroy(&v);
+}
+
 /* ------------------------------------------------------------------ nested (SVM) */
 /*
  * L1 (CPL0, 32-bit) turns on EFER.SVME, points VM_HSAVE_PA at 0xd000, and VMRUNs the
@@ -708,6 +741,7 @@ int main(int argc, char **argv)
 		hypercall_nomagic(2);
 		perm_fault(false);
 		perm_fault(true);
+		perm_fault_read();
 		nested(1, false);
 		nested(1, true);
 		nested(2, false);
