@@ -39,7 +39,7 @@ while [ $# -gt 0 ]; do
 	esac
 done
 for d in "${DEFINES[@]}"; do
-	[[ "$d" =~ ^REFKVM_[A-Z_]+=[0-9]+$ ]] || die "bad -D $d (want REFKVM_NAME=number)"
+	[[ "$d" =~ ^REFKVM_[A-Z0-9_]+=[0-9]+$ ]] || die "bad -D $d (want REFKVM_NAME=number)"
 done
 
 for t in apt-get apt-cache dpkg-deb dpkg make xz objcopy sha256sum patch; do
