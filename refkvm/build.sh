@@ -175,5 +175,7 @@ echo "$BUILD_S" >"$OUT.tmp/build-seconds"
 printf '%s\n' "${DEFINES[@]}" >"$OUT.tmp/defines"
 touch "$OUT.tmp/.done"
 rm -rf "$OUT" && mv "$OUT.tmp" "$OUT"
+# keep the three newest builds (other patch versions or numbers) of this kernel
+ls -dt "$CACHE_DIR/refkvm/modules-$KVER-"* 2>/dev/null | grep -v '\.tmp$' | tail -n +4 | xargs -r rm -rf
 log "built in $BUILD_S s (whole script $((SECONDS - T0)) s); vermagic '$WANT' matches the image"
 echo "$OUT"
