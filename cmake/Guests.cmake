@@ -22,7 +22,7 @@ function(vmwkvm_add_guest)
   set(bin ${VMWKVM_GUEST_DIR}/${G_NAME}.bin)
   add_custom_command(OUTPUT ${bin}
     COMMAND ${CMAKE_C_COMPILER} -m32 -c -x assembler-with-cpp -nostdinc
-            -I${PROJECT_SOURCE_DIR}/tests/kvm/guests -o ${obj} ${src}
+            -I${PROJECT_SOURCE_DIR}/tests/common/guests -o ${obj} ${src}
     COMMAND ${VMWKVM_LD} -m elf_i386 ${VMWKVM_GUEST_LDFLAGS} -nostdlib -static -N -e 0 -Ttext=${G_LOAD} -o ${elf} ${obj}
     COMMAND ${VMWKVM_OBJCOPY} -O binary ${elf} ${bin}
     DEPENDS ${src} ${G_DEPENDS}

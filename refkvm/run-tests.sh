@@ -14,7 +14,7 @@ SELF_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_DIR=$(cd "$SELF_DIR/.." && pwd)
 BUILD=${1:?usage: refkvm/run-tests.sh BUILD_DIR}
 BUILD=$(cd "$BUILD" && pwd)
-[ -x "$BUILD/tests/refkvm/refkvm_test_refkvm_probe" ] || { echo "refkvm: no refkvm tests in $BUILD (build it first)" >&2; exit 2; }
+[ -x "$BUILD/tests/refkvm_test_refkvm_probe" ] || { echo "refkvm: no refkvm tests in $BUILD (build it first)" >&2; exit 2; }
 T0=$SECONDS
 step() { echo "refkvm: $* ($((SECONDS - T0)) s so far)"; }
 

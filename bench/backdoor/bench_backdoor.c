@@ -22,7 +22,7 @@
  *
  * Usage: vmwkvm-bench-backdoor [--calls N] [--rounds R] [--micro-iters M]
  */
-#include "internal.h"
+#include "core/internal.h"
 
 #include <errno.h>
 #include <fcntl.h>

@@ -33,12 +33,6 @@
 
 #define REPLY_MAX 256
 
-/* SEND label: make the message at label the one rpc_send sends. */
-.macro SEND name
-	movl	$\name, CTX_MSG(%ebp)
-	movl	$\name\()_len, CTX_LEN(%ebp)
-.endm
-
 /* EXPECT label, code, "text": the reply must equal the string at label. */
 .macro EXPECT name, code, msg
 	movl	$\name, %esi

@@ -1,4 +1,4 @@
-/* libFuzzer target: the GuestRPC channel (lib/rpc.c) driven by arbitrary sequences of
+/* libFuzzer target: the GuestRPC channel (lib/backdoor/rpc*.c) driven by arbitrary sequences of
  * synthetic decoded calls: LB subcommands with right, wrong and swapped cookies, whole and
  * abandoned HB transfers in pieces, raw HB pieces with arbitrary offsets and lengths,
  * checkpoints, TCLO queueing and resets, under small and default bounds.
@@ -14,7 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "internal.h"
+#include "backdoor/rpc_chan.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 

@@ -33,11 +33,18 @@
  * **State per channel**: idle -> SENDSIZE n -> collecting n bytes -> complete: an RPCI
  * channel runs the handler and stores the reply; a TCLO channel hands the guest's result
  * to the TCLO callback -> RECVSIZE hands out the waiting message (RPCI reply, or the next
- * queued TCLO command) -> RECVPAYLOAD... -> RECVSTATUS: idle. A SENDSIZE in any state
- * restarts the send (drops a partial send and an unfetched reply); other out-of-order
- * subcommands get status 0 and change nothing. RPCI replies are "1 " or "0 " followed by
+ * queued TCLO command) -> RECVPAYLOAD... -> RECVSTATUS: idle. A SENDSIZE restarts the send
+ * (drops a partial send and an unfetched reply), except while the channel's RPCI handler
+ * or TCLO result callback runs (status 0: one message in flight per channel); other
+ * out-of-order subcommands get status 0 and change nothing. A TCLO command the guest
+ * fetched completely counts as delivered at its next SENDSIZE or RECVSIZE even without
+ * RECVSTATUS (the result that follows belongs to it). A guest that aborts a receive
+ * (RECVPAYLOAD or RECVSTATUS with EBX bit 0 clear) drops the message, also after a
+ * checkpoint. RPCI replies are "1 " or "0 " followed by
  * the text, so they are at least 2 bytes long. Cookies are checked on every call of a
- * channel opened with the cookie flag; on other channels ESI/EDI are ignored.
+ * channel opened with the cookie flag; on other channels ESI/EDI are ignored. An OPEN
+ * that finds every channel open closes the one idle longest if it has been idle for
+ * vmwkvm_rpc_set_idle_timeout() (default 30 s), as VMware closes idle channels.
  *
  * **Bounds**: at most vmwkvm_rpc_opts::max_channels channels (default 128), at most
  * vmwkvm_rpc_opts::max_message bytes per message in either direction (default 65536), at
@@ -95,6 +102,8 @@ enum vmwkvm_rpc_subcmd {
 #define VMWKVM_RPC_DEFAULT_MESSAGE 65536u
 /** Largest configurable message size bound, bytes. */
 #define VMWKVM_RPC_MAX_MESSAGE (16u << 20)
+/** Default idle time after which a full table may close a channel, milliseconds (vmwkvm_rpc_set_idle_timeout()). */
+#define VMWKVM_RPC_DEFAULT_IDLE_MS 30000u
 /** Default queue depth per TCLO channel. */
 #define VMWKVM_RPC_DEFAULT_TCLO_QUEUE 16u
 /** Longest RPCI handler name, bytes. */
@@ -248,6 +257,20 @@ VMWKVM_API int vmwkvm_rpc_set_tclo_handler(vmwkvm_rpc *rpc, vmwkvm_tclo_result_f
 VMWKVM_API int vmwkvm_rpc_tclo_queue(vmwkvm_rpc *rpc, int channel, const void *cmd, size_t len, uint64_t *seq);
 
 /**
+ * Withdraw a queued TCLO command the guest has not started to fetch (a command that timed
+ * out must not reach the guest later: a late "OS_Reboot" would be worse than none).
+ * @param rpc     handle
+ * @param channel the TCLO channel it was queued on
+ * @param seq     its sequence number (from vmwkvm_rpc_tclo_queue())
+ * @return 0 (removed and freed); -EBUSY (the guest is fetching it: it will be delivered),
+ *         -ENOENT (no such open TCLO channel, or no such command queued: already fetched
+ *         or withdrawn), -EINVAL (NULL @p rpc, @p channel out of range, @p seq 0).
+ * @par Thread-safety
+ * Safe.
+ */
+VMWKVM_API int vmwkvm_rpc_tclo_cancel(vmwkvm_rpc *rpc, int channel, uint64_t seq);
+
+/**
  * List the open TCLO channels, oldest first.
  * @param rpc handle
  * @param ids receives up to @p n ids (may be NULL when @p n is 0)
@@ -257,6 +280,20 @@ VMWKVM_API int vmwkvm_rpc_tclo_queue(vmwkvm_rpc *rpc, int channel, const void *c
  * Safe.
  */
 VMWKVM_API int vmwkvm_rpc_tclo_channels(vmwkvm_rpc *rpc, uint16_t *ids, size_t n);
+
+/**
+ * Set how long a channel may stay idle before an OPEN that finds the table full may close
+ * it (VMware closes idle channels). An OPEN on a full table closes the channel idle
+ * longest, if it has been idle at least this long and no RPCI handler or TCLO result of
+ * it is being handled; the closed channel's owner then gets failures (and a channel opened
+ * with cookies no longer accepts its old cookies). Default ::VMWKVM_RPC_DEFAULT_IDLE_MS.
+ * @param rpc handle
+ * @param ms  idle time in milliseconds, or 0 to never close channels for idleness
+ * @return 0, or -EINVAL (NULL @p rpc).
+ * @par Thread-safety
+ * Safe.
+ */
+VMWKVM_API int vmwkvm_rpc_set_idle_timeout(vmwkvm_rpc *rpc, uint32_t ms);
 
 /**
  * Answer one MESSAGE call: an LB call with command 0x1E, or an HB piece (port 0x5659).

@@ -17,6 +17,7 @@
  * | vmwkvm/policy.h | per-VM VMware switches, nested-backdoor policy |
  * | vmwkvm/cpuid.h | VMware hypervisor CPUID leaves |
  * | vmwkvm/memfault.h | memory-fault dispatcher |
+ * | vmwkvm/tools.h | VMware Tools host side: RPCI commands, TCLO command API, Tools state |
  */
 #ifndef VMWKVM_VMWKVM_H
 #define VMWKVM_VMWKVM_H
@@ -32,5 +33,6 @@
 #include <vmwkvm/policy.h>
 #include <vmwkvm/cpuid.h>
 #include <vmwkvm/memfault.h>
+#include <vmwkvm/tools.h>
 
 #endif /* VMWKVM_VMWKVM_H */

@@ -9,8 +9,8 @@
 
 #include <vmwkvm/dialect.h>
 
-#include "sys.h"
-#include "uapi.h"
+#include "core/sys.h"
+#include "core/uapi.h"
 
 #define MAX_FDS 512
 #define MAX_VMS 64

@@ -1,13 +1,13 @@
 /*
  * kmodel: a KERNEL MODEL for tests. It stands for KVM behind the library's raw ioctl layer
- * (lib/sys.h, vmwkvm_sys_set_ops()) and implements the PROPOSED, UNMERGED VMware uAPIs
+ * (lib/core/sys.h, vmwkvm_sys_set_ops()) and implements the PROPOSED, UNMERGED VMware uAPIs
  * that no kernel on our machines implements, so that the library's dialect handling,
  * policy sequences and hypercall completion can be tested without such a kernel.
  *
  * It is a test fixture, not a KVM emulator: it models exactly what is listed here, from
  * shared/uapi/kvm-uapi-notes.md (sections 1.2-1.7 for the proposals, 7 for this host).
- * Tests that use it live in tests/model/ and are kept apart from the real-KVM tests
- * (tests/kvm/); nothing in the library itself knows the model exists.
+ * Tests that use it carry the label `model` and are kept apart from the real-KVM tests
+ * (label `kvm`); nothing in the library itself knows the model exists.
  *
  * What is modelled
  * - open("/dev/kvm") returns a model fd (unless config.no_dev_kvm); other paths fail with

@@ -1,8 +1,8 @@
 /* kvm_guest: host side of the backdoor test guests (see kvm_guest.h). */
 #include "kvm_guest.h"
 
-#include "internal.h"
-#include "sys.h"
+#include "core/internal.h"
+#include "core/sys.h"
 
 #include <errno.h>
 #include <stdarg.h>

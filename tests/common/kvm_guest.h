@@ -1,5 +1,5 @@
 /*
- * kvm_guest: the host side of the backdoor test guests (tests/kvm/guests/bd_*.S) for
+ * kvm_guest: the host side of the backdoor test guests (tests/common/guests/bd_*.S) for
  * real-KVM tests. Built on kvmh (VM, RAM, register set-up, watchdog) and the library
  * (vmwkvm_vm_new, vmwkvm_vcpu_new, vmwkvm_exit_decode/complete), it runs a guest until it
  * reports on port 0xF4 (done) or 0xF5 (a failed check) and answers its backdoor calls:

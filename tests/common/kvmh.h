@@ -15,7 +15,7 @@
  *   ... h.run->exit_reason ...
  *   kvmh_destroy(&h);
  *
- * Guests are flat binaries built from tests/kvm/guests/<name>.S into VMWKVM_GUEST_DIR.
+ * Guests are flat binaries built from tests/common/guests/<name>.S into VMWKVM_GUEST_DIR.
  * Every function returns 0 (or a value >= 0) on success and a negative errno on failure,
  * and prints nothing except kvmh_skip_unless_kvm() and kvmh_describe_exit().
  */

@@ -22,11 +22,6 @@
 #define MSR_SYSENTER_EIP 0x176
 #define REPLY_MAX 128
 
-.macro SEND name
-	movl	$\name, CTX_MSG(%ebp)
-	movl	$\name\()_len, CTX_LEN(%ebp)
-.endm
-
 .macro EXPECT name, code, msg
 	movl	$\name, %esi
 	movl	$\name\()_len, %ecx

@@ -33,6 +33,7 @@
 
 #define RPCI_PROTO 0x49435052          /* "RPCI" */
 #define RPCI_PROTO_COOKIE 0xC9435052   /* "RPCI" | GUESTMSG_FLAG_COOKIE */
+#define TCLO_PROTO_COOKIE 0xCF4C4354   /* "TCLO" | GUESTMSG_FLAG_COOKIE */
 
 /* status bits, as they sit in ECX (LB) or EBX (HB): bits 31:16 */
 #define ST_SUCCESS 0x00010000
@@ -109,6 +110,12 @@
 .Lstr\@:
 	.asciz	"\msg"
 	.popsection
+.endm
+
+/* SEND label: make the STRING at label the message rpc_send sends. */
+.macro SEND name
+	movl	$\name, CTX_MSG(%ebp)
+	movl	$\name\()_len, CTX_LEN(%ebp)
 .endm
 
 /* STRING label, "text": a constant with label and label_len (no NUL counted). */
