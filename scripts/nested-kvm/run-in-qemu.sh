@@ -22,7 +22,7 @@ KERNEL_SUITE=stable           # stable (bookworm, 6.1) | backports (bookworm-bac
 KERNEL_FLAVOR=cloud           # cloud | amd64
 VMLINUZ=""                    # explicit kernel image (with --modules-dir)
 MODULES_DIR=""
-CPU_MODEL=${VMWKVM_NESTED_CPU:-max}
+CPU_MODEL=${VMWKVM_NESTED_CPU:-}   # empty: max (6.1), max,-cx16 (6.12, see README)
 SMP=1
 MEM_MB=2048
 TIMEOUT_S=1800
@@ -40,6 +40,8 @@ KEEP=0
 VERBOSE=0
 GUEST_CWD=""
 EXTRA_APPEND=""
+REFKVM=0                      # 1: load the reference KVM (refkvm/) instead of the packaged one
+REFKVM_DIR=""                 # its modules (kvm.ko, kvm-amd.ko); default: refkvm/build.sh builds them
 CMD=()
 
 usage() {
@@ -60,8 +62,8 @@ Options:
                          kvm_amd.nrips=0. Repeatable.
   --selftest             run the bundled kvm-smoke check before the command
   --selftest-only        run only kvm-smoke (no command, no build dir needed)
-  --cpu MODEL            QEMU CPU model (default: max; EPYC,+svm and
-                         qemu64,+svm,+npt also work)
+  --cpu MODEL            QEMU CPU model (default: max, or max,-cx16 for the
+                         backports kernel; EPYC,+svm and qemu64,+svm,+npt also work)
   --append ARGS          extra guest kernel command line arguments
   --smp N                guest vCPUs (default 1; the host has few cores)
   -m, --mem MB           guest RAM in MiB (default 2048)
@@ -72,6 +74,11 @@ Options:
                          backports (Debian 12 backports kernel, 6.12: newer KVM
                          uAPI, but ~1 boot in 3 crashes under QEMU 7.2 TCG)
   --kernel-flavor F      cloud (default) or amd64
+  --refkvm               load the reference KVM (refkvm/: the backports kernel's
+                         kvm.ko + kvm-amd.ko with the proposed VMware uAPIs) instead
+                         of the packaged modules; builds them with refkvm/build.sh
+                         (cached). Implies --kernel-suite backports.
+  --refkvm-dir DIR       like --refkvm, with modules already built in DIR
   --kernel FILE --modules-dir DIR
                          use this kernel image and its lib/modules/<ver> dir
   --cache DIR            download/extract cache (default /var/tmp/vmwkvm-nested-kvm,
@@ -107,6 +114,8 @@ while [ $# -gt 0 ]; do
 	--boot-retries) BOOT_RETRIES=$2; shift 2 ;;
 	--kernel-suite) KERNEL_SUITE=$2; shift 2 ;;
 	--kernel-flavor) KERNEL_FLAVOR=$2; shift 2 ;;
+	--refkvm) REFKVM=1; shift ;;
+	--refkvm-dir) REFKVM=1; REFKVM_DIR=$2; shift 2 ;;
 	--kernel) VMLINUZ=$2; shift 2 ;;
 	--modules-dir) MODULES_DIR=$2; shift 2 ;;
 	--cache) CACHE_DIR=$2; shift 2 ;;
@@ -142,6 +151,18 @@ fi
 # ---------------------------------------------------------------- kernel
 mkdir -p "$CACHE_DIR"
 CACHE_DIR=$(cd "$CACHE_DIR" && pwd)
+if [ -z "$CPU_MODEL" ]; then
+	# QEMU 7.2's TCG corrupts the 6.12 kernel's SLUB fast path (CMPXCHG16B on the per-CPU
+	# freelist: oopses in kmem_cache_alloc_noprof with garbage EFLAGS in ~2 of 3 boots);
+	# without CX16 the kernel takes its fallback and booted cleanly every time
+	CPU_MODEL=max
+	if [ "$KERNEL_SUITE" = backports ] || [ "$REFKVM" = 1 ]; then CPU_MODEL=max,-cx16; fi
+fi
+if [ "$REFKVM" = 1 ]; then
+	[ -z "$VMLINUZ" ] || die "--refkvm boots the backports kernel; not with --kernel"
+	[ "$KERNEL_FLAVOR" = cloud ] || die "--refkvm is built for the cloud flavor"
+	KERNEL_SUITE=backports
+fi
 
 # Prints the path of an extracted kernel tree (contains boot/ and lib/modules/).
 fetch_kernel() {
@@ -204,6 +225,20 @@ fi
 [ -f "$VMLINUZ" ] || die "no kernel image $VMLINUZ"
 [ -d "$MODULES_DIR" ] || die "no modules dir $MODULES_DIR"
 KVER=$(basename "$MODULES_DIR")
+if [ "$REFKVM" = 1 ]; then
+	if [ -z "$REFKVM_DIR" ]; then
+		bargs=(--cache "$CACHE_DIR")
+		[ "$OFFLINE" = 1 ] && bargs+=(--offline)
+		REFKVM_DIR=$("$REPO_DIR/refkvm/build.sh" "${bargs[@]}" | tail -1) || die "refkvm/build.sh failed"
+	fi
+	for m in kvm kvm-amd; do
+		[ -f "$REFKVM_DIR/$m.ko" ] || die "no $m.ko in $REFKVM_DIR"
+		vm=$(objcopy -O binary --only-section=.modinfo "$REFKVM_DIR/$m.ko" /dev/stdout | tr '\0' '\n' |
+			sed -n 's/^vermagic=\([^ ]*\).*/\1/p')
+		[ "$vm" = "$KVER" ] || die "$REFKVM_DIR/$m.ko is built for '$vm', the kernel is $KVER"
+	done
+	log "reference KVM from $REFKVM_DIR"
+fi
 
 # ---------------------------------------------------------------- build dir
 if [ -z "$BUILD_DIR" ] && [ "$SELFTEST_ONLY" = 0 ] && [ -d "$REPO_DIR/build-nested" ]; then
@@ -305,6 +340,9 @@ add_mod() {
 	[ -z "${MOD_DONE[$name]:-}" ] || return 0
 	MOD_DONE[$name]=1
 	f=$(mod_path "$name")
+	if [ "$REFKVM" = 1 ] && { [ "$name" = kvm ] || [ "$name" = kvm_amd ]; }; then
+		f="$REFKVM_DIR/$(echo "$name" | tr _ -).ko"
+	fi
 	[ -n "$f" ] || die "module $name not found under $MODULES_DIR"
 	for d in $(mod_deps "$f" | tr , ' '); do add_mod "$d"; done
 	case "$f" in
@@ -314,6 +352,7 @@ add_mod() {
 	MOD_ORDER+=("$name")
 }
 add_mod kvm_amd
+[ "$REFKVM" = 1 ] && basename "$REFKVM_DIR" >"$ROOT/refkvm"
 
 # per-module parameters
 modparams() {
@@ -359,6 +398,7 @@ if [ ! -c /dev/kvm ]; then
 	echo "[nested-kvm] /dev/kvm did not appear"; dmesg | grep -i -E 'kvm|svm' | tail -20
 	echo "@@NESTED-KVM-RC=125@@"; poweroff -f
 fi
+[ -e /refkvm ] && echo "[nested-kvm] reference KVM (refkvm) loaded: $(cat /refkvm)"
 for p in /sys/module/kvm/parameters/enable_vmware_backdoor /sys/module/kvm_amd/parameters/nested \
          /sys/module/kvm_amd/parameters/npt /sys/module/kvm_amd/parameters/nrips; do
 	[ -r $p ] && printf '%s=%s ' "${p#/sys/module/}" "$(cat $p)"
@@ -395,7 +435,9 @@ INITRD="$WORK/initramfs.cpio"
 log "initramfs $(du -h "$INITRD" | cut -f1), kernel $KVER, cpu $CPU_MODEL, $SMP vCPU, ${MEM_MB} MiB"
 
 # ---------------------------------------------------------------- boot
-APPEND="console=ttyS0 panic=-1 rdinit=/init"
+# no_timer_check: on a loaded host TCG can be too slow for the kernel's IO-APIC timer check,
+# which then panics ("IO-APIC + timer doesn't work!"; seen in 2 of ~37 6.12 boots)
+APPEND="console=ttyS0 panic=-1 rdinit=/init no_timer_check"
 [ "$VERBOSE" = 1 ] || APPEND="$APPEND quiet loglevel=3"
 APPEND="$APPEND$EXTRA_APPEND"
 LOG="$WORK/console.log"

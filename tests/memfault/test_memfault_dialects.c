@@ -8,7 +8,9 @@
  * numbers), then end to end through the kernel model's vCPU (tests/common/kmodel.h): the
  * run hook plays a guest whose access fails until the library resolved it, through
  * vmwkvm_vcpu_run() and vmwkvm_memfault_handle_exit(). The library decodes these forms only
- * when the VMM names their dialect. */
+ * when the VMM names their dialect. The permission-fault exit's shape (the faulting page,
+ * size 4096, flag WRITE) follows the reference KVM (refkvm/, tests/refkvm/), which
+ * implements it on a real KVM_RUN. */
 #include <sys/uio.h>
 
 #include "test_memfault_util.h"
@@ -228,8 +230,10 @@ static int guest_hook(void *ctx, struct kmodel_run_ctx *rc)
 			g->steps++;
 			rc->run->exit_reason = VMWKVM_UAPI_EXIT_MEMORY_FAULT;
 			m->flags = PW;
-			m->gpa = g->gpa;
-			m->size = 4;
+			/* as the reference KVM (refkvm/) reports it: the faulting page, not the
+			 * access (a stage-2 fault does not tell KVM the access width) */
+			m->gpa = g->gpa & ~(PG - 1);
+			m->size = PG;
 			return -EFAULT;
 		}
 	}
