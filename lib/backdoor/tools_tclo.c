@@ -252,19 +252,13 @@ int vmwkvm_tools_cancel(vmwkvm_tools *t, uint64_t id)
 	return 0;
 }
 
-int vmwkvm_tools_process(vmwkvm_tools *t)
+/* Lock held: time out commands past their deadline and cancel those whose TCLO channel
+ * closed (ids[0..n) are the open TCLO channels; n < 0 or too many to tell: no cancel). Their
+ * callbacks are appended to *tail; *next gets the earliest remaining deadline. */
+static uint32_t expire_commands(struct vmwkvm_tools *t, const uint16_t *ids, int n, int cap, uint64_t now,
+				struct tcmd ***tail, uint64_t *next)
 {
-	if (!t)
-		return -EINVAL;
-	uint16_t ids[64];
-	pthread_mutex_lock(&t->lock);
-	int n = vmwkvm_rpc_tclo_channels(t->rpc, ids, sizeof(ids) / sizeof(ids[0]));
-	uint64_t now = vk_tools_now_ns(t);
-	if (n >= 0)
-		t->tclo_open = n > 0;
 	uint32_t what = 0;
-	struct tcmd *cbs = NULL, **tail = &cbs;
-	uint64_t next = UINT64_MAX;
 	bool again;
 	do {
 		again = false;
@@ -275,7 +269,7 @@ int vmwkvm_tools_process(vmwkvm_tools *t)
 			if (now >= c->deadline_ns) {
 				st = VMWKVM_TOOLS_TIMEOUT;
 				t->timeouts++;
-			} else if (n >= 0 && n <= (int)(sizeof(ids) / sizeof(ids[0]))) {
+			} else if (n >= 0 && n <= cap) {
 				bool open = false;
 				for (int i = 0; i < n; i++)
 					open |= ids[i] == c->channel;
@@ -283,8 +277,8 @@ int vmwkvm_tools_process(vmwkvm_tools *t)
 					st = VMWKVM_TOOLS_CANCELLED;
 			}
 			if (!st) {
-				if (c->deadline_ns < next)
-					next = c->deadline_ns;
+				if (c->deadline_ns < *next)
+					*next = c->deadline_ns;
 				continue;
 			}
 			if (!c->internal)
@@ -292,61 +286,90 @@ int vmwkvm_tools_process(vmwkvm_tools *t)
 			struct tcmd *cb = cmd_finish(t, c, st, now);
 			if (cb) {
 				cb->next = NULL;
-				*tail = cb;
-				tail = &cb->next;
+				**tail = cb;
+				*tail = &cb->next;
 			}
 			again = true; /* the list changed under the iterator */
 			break;
 		}
 	} while (again);
-	/* running */
+	return what;
+}
+
+/* Lock held: "running" from the age of the last answer. */
+static uint32_t update_running(struct vmwkvm_tools *t, uint64_t now, uint64_t *next)
+{
+	uint32_t what = 0;
 	bool run = vk_tools_running_now(t, now);
 	if (run != t->running) {
 		t->running = run;
 		vk_tools_changed(t, VMWKVM_TOOLS_CHANGED_RUNNING);
-		what |= VMWKVM_TOOLS_CHANGED_RUNNING;
+		what = VMWKVM_TOOLS_CHANGED_RUNNING;
 	}
 	if (run) {
 		uint64_t end = t->last_answer_ns + (uint64_t)t->running_ms * NS_PER_MS + 1;
-		if (end < next)
-			next = end;
+		if (end < *next)
+			*next = end;
 	}
-	/* heartbeat */
-	if (t->heartbeat_ms && n > 0) {
-		uint64_t hb = (uint64_t)t->heartbeat_ms * NS_PER_MS;
-		bool busy = false;
-		for (struct tcmd *c = t->cmds; c; c = c->next)
-			busy |= c->status == VMWKVM_TOOLS_PENDING;
-		uint64_t la = t->answered ? t->last_answer_ns : 0, lp = t->pinged ? t->last_ping_ns : 0;
-		uint64_t last = la > lp ? la : lp;
-		bool any = t->answered || t->pinged;
-		if (!busy && (!any || now - last >= hb) && t->ncmds < t->max_pending) {
-			struct tcmd *c = calloc(1, sizeof(*c));
-			uint64_t seq;
-			if (c && !vmwkvm_rpc_tclo_queue(t->rpc, ids[0], "ping", 4, &seq)) {
-				c->id = ++t->next_id;
-				c->seq = seq;
-				c->channel = ids[0];
-				c->internal = true;
-				c->queued_ns = now;
-				c->deadline_ns = now + (uint64_t)t->default_timeout_ms * NS_PER_MS;
-				c->next = t->cmds;
-				t->cmds = c;
-				t->ncmds++;
-				t->last_ping_ns = now;
-				t->pinged = true;
-				last = now;
-				any = true;
-				if (c->deadline_ns < next)
-					next = c->deadline_ns;
-			} else {
-				free(c);
-			}
+	return what;
+}
+
+/* Lock held: queue the heartbeat "ping" on channel ch when nothing is in flight and nothing
+ * was heard for heartbeat_ms. */
+static void heartbeat(struct vmwkvm_tools *t, uint16_t ch, uint64_t now, uint64_t *next)
+{
+	uint64_t hb = (uint64_t)t->heartbeat_ms * NS_PER_MS;
+	bool busy = false;
+	for (struct tcmd *c = t->cmds; c; c = c->next)
+		busy |= c->status == VMWKVM_TOOLS_PENDING;
+	uint64_t la = t->answered ? t->last_answer_ns : 0, lp = t->pinged ? t->last_ping_ns : 0;
+	uint64_t last = la > lp ? la : lp;
+	bool any = t->answered || t->pinged;
+	if (!busy && (!any || now - last >= hb) && t->ncmds < t->max_pending) {
+		struct tcmd *c = calloc(1, sizeof(*c));
+		uint64_t seq;
+		if (c && !vmwkvm_rpc_tclo_queue(t->rpc, ch, "ping", 4, &seq)) {
+			c->id = ++t->next_id;
+			c->seq = seq;
+			c->channel = ch;
+			c->internal = true;
+			c->queued_ns = now;
+			c->deadline_ns = now + (uint64_t)t->default_timeout_ms * NS_PER_MS;
+			c->next = t->cmds;
+			t->cmds = c;
+			t->ncmds++;
+			t->last_ping_ns = now;
+			t->pinged = true;
+			last = now;
+			any = true;
+			if (c->deadline_ns < *next)
+				*next = c->deadline_ns;
+		} else {
+			free(c);
 		}
-		uint64_t due = any ? last + hb : now;
-		if (due > now && due < next)
-			next = due;
 	}
+	uint64_t due = any ? last + hb : now;
+	if (due > now && due < *next)
+		*next = due;
+}
+
+int vmwkvm_tools_process(vmwkvm_tools *t)
+{
+	if (!t)
+		return -EINVAL;
+	uint16_t ids[64];
+	const int cap = (int)(sizeof(ids) / sizeof(ids[0]));
+	pthread_mutex_lock(&t->lock);
+	int n = vmwkvm_rpc_tclo_channels(t->rpc, ids, sizeof(ids) / sizeof(ids[0]));
+	uint64_t now = vk_tools_now_ns(t);
+	if (n >= 0)
+		t->tclo_open = n > 0;
+	struct tcmd *cbs = NULL, **tail = &cbs;
+	uint64_t next = UINT64_MAX;
+	uint32_t what = expire_commands(t, ids, n, cap, now, &tail, &next);
+	what |= update_running(t, now, &next);
+	if (t->heartbeat_ms && n > 0)
+		heartbeat(t, ids[0], now, &next);
 	pthread_mutex_unlock(&t->lock);
 	run_callbacks(t, cbs);
 	vk_tools_notify_out(t, what);
