@@ -479,7 +479,8 @@ static void usage(const char *argv0)
 {
 	fprintf(stderr,
 		"usage: %s [--pages N] [--rounds R] [--mib M] [--no-pin] [--skip-gib] [--snapshot-only]\n"
-		"          [--snap-threads N (1-16)] [--snap-batch PAGES] [--snap-runs R (1-16)] [--no-thp] [--no-fork]\n",
+		"          [--snap-threads N (1-16)] [--snap-batch PAGES] [--snap-runs R (1-16)] [--no-thp] [--no-fork]\n"
+		"          [--snap-pin-writer] [--snap-own-copy]\n",
 		argv0);
 	exit(2);
 }
@@ -509,6 +510,10 @@ int main(int argc, char **argv)
 			snap_cfg.thp = false;
 		else if (!strcmp(argv[i], "--no-fork"))
 			snap_cfg.fork_ref = false;
+		else if (!strcmp(argv[i], "--snap-pin-writer"))
+			snap_cfg.pin_writer = true;
+		else if (!strcmp(argv[i], "--snap-own-copy"))
+			snap_cfg.own_copy = true;
 		else
 			usage(argv[0]);
 	}

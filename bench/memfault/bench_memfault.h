@@ -31,6 +31,8 @@ struct snap_cfg {
 	unsigned runs;        /* repetitions (medians are printed) */
 	bool thp;             /* also run with THP-backed RAM */
 	bool fork_ref;        /* also run the fork() reference (the kernel copies before write) */
+	bool pin_writer;      /* the writer and the fault service share one CPU */
+	bool own_copy;        /* savers copy with the bench's streaming copy, not vmwkvm_memfault_save() */
 };
 /* Runs and prints the detail lines; the summary lines (`name base_.. lib_.. ratio=..`) go to
  * summary. Returns 0, or -EIO if a snapshot differed from memory. */

@@ -10,8 +10,10 @@
  * Saving (copy before write: a page's old content is saved before any write to it lands):
  *   - saver threads (--snap-threads, the calling thread is one of them) take batches of
  *     --snap-batch pages (default 512 = 2 MiB): in each batch they claim the unsaved pages,
- *     copy contiguous runs of at most 64 pages with memcpy(), and when every page of the
- *     batch is saved clear the protection of the whole batch with one unprotect call;
+ *     copy contiguous runs of at most 64 pages with vmwkvm_memfault_save() and streaming
+ *     stores (--snap-own-copy: the bench's own streaming copy, no pagemap lookup), and when
+ *     every page of the batch is saved clear the protection of the whole batch with one
+ *     unprotect call;
  *   - the library's service thread runs the WRITE handler for a write to an unsaved page:
  *     it saves that page and lets the write proceed; if a saver is copying that page at
  *     the moment, the fault is answered RETRY (the saver's unprotect wakes the writer);
@@ -159,6 +161,7 @@ struct snap {
 	atomic_size_t hint;      /* batch of the last page a write fault saved, or NO_HINT */
 	atomic_ulong by_fault, retries, calls;
 	vmwkvm_memfault *mf;
+	bool lib_save; /* copy runs with vmwkvm_memfault_save() (else the bench's own streaming copy) */
 	atomic_int err;
 };
 
@@ -224,7 +227,14 @@ static void save_batch(struct snap *s, size_t b)
 			run++;
 		}
 		if (run > p) {
-			copy_pages(s->copy + p * PG, s->mem + p * PG, (run - p) * PG);
+			if (!s->lib_save) {
+				copy_pages(s->copy + p * PG, s->mem + p * PG, (run - p) * PG);
+			} else {
+				int e = vmwkvm_memfault_save(s->mf, GPA_DATA + p * PG, (run - p) * PG, s->copy + p * PG,
+							     VMWKVM_MF_SAVE_STREAM);
+				if (e < 0)
+					atomic_store(&s->err, e);
+			}
 			for (size_t q = p; q < run; q++)
 				atomic_store_explicit(&s->st[q], 2, memory_order_release);
 			p = run;
@@ -295,7 +305,7 @@ static int lazy_run(const struct snap_cfg *cfg, struct snap *s, struct rwriter *
 	out->retries = (double)atomic_load(&s->retries);
 	out->faults = (double)(atomic_load(&s->calls) - atomic_load(&s->retries));
 	if (atomic_load(&s->err))
-		die("vmwkvm_memfault_unprotect", atomic_load(&s->err));
+		die("vmwkvm_memfault_save/unprotect", atomic_load(&s->err));
 	writer_pause(w); /* the check reads while nothing writes */
 	int bad = memcmp(s->copy, eager, len) != 0;
 	writer_resume(w);
@@ -408,17 +418,32 @@ static int run_mode(const struct snap_cfg *cfg, bool thp, struct mode_result *m)
 	m->memcpy_ns = median(base, R);
 	m->memcpy_cpu_ns = median(base_cpu, R);
 
-	struct snap s = { .mem = mem, .copy = copy, .npages = np, .batch = cfg->batch_pages };
+	struct snap s = { .mem = mem, .copy = copy, .npages = np, .batch = cfg->batch_pages, .lib_save = !cfg->own_copy };
 	s.nbatch = (np + s.batch - 1) / s.batch;
 	s.st = calloc(np, 1);
 	s.taken = calloc(s.nbatch, 1);
 	if (!s.st || !s.taken)
 		die("calloc", ENOMEM);
+	/* --snap-pin-writer: the writer and the library's service thread (both created now,
+	 * inheriting this thread's affinity) share the last CPU, as a VMM may pin a vCPU with
+	 * its fault service; the savers stay free */
+	cpu_set_t all, one;
+	sched_getaffinity(0, sizeof(all), &all);
+	if (cfg->pin_writer) {
+		CPU_ZERO(&one);
+		int last = -1;
+		for (int c = 0; c < CPU_SETSIZE; c++)
+			if (CPU_ISSET(c, &all))
+				last = c;
+		CPU_SET(last, &one);
+		sched_setaffinity(0, sizeof(one), &one);
+	}
 	s.mf = lib_start(mem, len, snap_handler, &s, false, true);
 	struct rwriter w = { .mem = mem, .npages = np };
 	pthread_t th;
 	if (pthread_create(&th, NULL, rwriter_main, &w))
 		die("pthread_create", EAGAIN);
+	sched_setaffinity(0, sizeof(all), &all);
 	double idle[16];
 	struct run_result lz[16], fk[16];
 	int bad = 0;

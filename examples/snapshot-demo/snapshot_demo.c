@@ -10,10 +10,9 @@
  *      hosts whose KVM emulates guest code),
  *   3. resumes the vCPUs at once,
  *   4. saves pages in the background (--savers threads, default 2, this one included: each
- *      takes 2 MiB batches, copies and writes out runs of up to 256 KiB, and unprotects a
- *      batch with one call once every page of it is saved; pages of anonymous RAM that were
- *      never populated, as /proc/self/pagemap tells, are saved as zeroes without being
- *      read), while a guest write to a page not saved yet reaches the WRITE handler, which
+ *      takes 2 MiB batches, copies runs of up to 256 KiB with vmwkvm_memfault_save(), which
+ *      gives never-populated pages as zeroes without reading them, writes them out, and
+ *      unprotects a batch with one call once every page of it is saved), while a guest write to a page not saved yet reaches the WRITE handler, which
  *      saves that page first and only then lets the write proceed (if a saver is writing
  *      that page out at the moment, the write waits for its unprotect); the savers then
  *      take that page's batch next and go on ahead of the guest,
@@ -57,25 +56,10 @@ static bool opt_verify, opt_nokvm, opt_memfd, opt_mprotect;
 #define SAVE_BATCH 512 /* pages a saver takes at once (2 MiB): one unprotect call */
 #define SAVE_RUN 64    /* pages copied and written out in one go (256 KiB): a racing fault waits for one run */
 #define NO_BATCH SIZE_MAX
-#define PM_PRESENT (1ull << 63) /* /proc/self/pagemap: page present */
-#define PM_SWAP (1ull << 62)    /* swapped out, or a swap-format marker */
-#define PM_SWAP_TYPE 31ull      /* bits 0-4 of a PM_SWAP entry: the swap type (shown to CAP_SYS_ADMIN only) */
-
-/* A pagemap entry of anonymous memory whose page holds no data (reads as zeroes): nothing
- * mapped, or the marker userfaultfd write protection leaves on a never-populated page (a
- * swap-format entry of type 31, SWP_PTE_MARKER, the last of the 32 types). Without
- * CAP_SYS_ADMIN the type reads 0 and such a page is simply read. */
-static bool pm_empty(uint64_t e)
-{
-	if (!(e & (PM_PRESENT | PM_SWAP)))
-		return true;
-	return !(e & PM_PRESENT) && (e & PM_SWAP_TYPE) == PM_SWAP_TYPE;
-}
 
 struct saver {
 	struct demo_vm *d;
 	int fd;
-	int pagemap; /* /proc/self/pagemap for anonymous RAM, else -1 */
 	size_t npages, nbatch;
 	_Atomic uint8_t *st;    /* per page: 0 unsaved, 1 being saved, 2 saved */
 	_Atomic uint8_t *taken; /* per batch: taken by a saver */
@@ -101,27 +85,14 @@ static void write_out(struct saver *s, size_t p, const uint8_t *from, size_t len
 	}
 }
 
-/* Copy n write-protected pages from p into buf. The guest cannot change them meanwhile (a
- * write waits until they are saved), an order the kernel keeps and a race detector cannot
- * see: hence relaxed atomic loads. Pages of anonymous RAM that were never populated read
- * as zeroes: they are not read (reading one would be a MISSING fault to serve). */
-static void copy_pages(struct saver *s, size_t p, size_t n, uint8_t *buf)
+/* Copy page p (write-protected, populated) into buf. The guest cannot change it meanwhile
+ * (a write waits for the handler), an order the kernel keeps and a race detector cannot
+ * see: hence relaxed atomic loads. */
+static void copy_page(struct saver *s, size_t p, uint64_t *buf)
 {
-	uint64_t pm[SAVE_RUN];
-	uint64_t hva = (uint64_t)(uintptr_t)(s->d->ram + p * DEMO_PG);
-	bool known = s->pagemap >= 0 && n <= SAVE_RUN &&
-		     pread(s->pagemap, pm, n * 8, (off_t)(hva / DEMO_PG * 8)) == (ssize_t)(n * 8);
-	for (size_t i = 0; i < n; i++) {
-		uint64_t *to = (uint64_t *)(void *)(buf + i * DEMO_PG);
-		if (known && pm_empty(pm[i])) {
-			memset(to, 0, DEMO_PG);
-			atomic_fetch_add_explicit(&s->zero_pages, 1, memory_order_relaxed);
-			continue;
-		}
-		const uint64_t *g = (const uint64_t *)(const void *)(s->d->ram + (p + i) * DEMO_PG);
-		for (size_t j = 0; j < DEMO_PG / 8; j++)
-			to[j] = __atomic_load_n(&g[j], __ATOMIC_RELAXED);
-	}
+	const uint64_t *g = (const uint64_t *)(const void *)(s->d->ram + p * DEMO_PG);
+	for (size_t j = 0; j < DEMO_PG / 8; j++)
+		buf[j] = __atomic_load_n(&g[j], __ATOMIC_RELAXED);
 }
 
 /* WRITE handler: a guest write is about to change a page; save it first. Runs on the
@@ -140,7 +111,7 @@ static int on_write(vmwkvm_memfault *mf, const struct vmwkvm_mf_record *rec, str
 			if (rec->flags & VMWKVM_MF_FLAG_UNPOPULATED)
 				memset(copy, 0, sizeof(copy));
 			else
-				copy_pages(s, p, 1, (uint8_t *)copy);
+				copy_page(s, p, copy);
 			write_out(s, p, (const uint8_t *)copy, DEMO_PG);
 			atomic_store(&s->st[p], 2);
 			atomic_fetch_add(&s->by_fault, 1);
@@ -199,7 +170,15 @@ static void save_batch(struct saver *s, size_t b, uint8_t *buf)
 			p++; /* saved, or being saved by a fault */
 			continue;
 		}
-		copy_pages(s, p, run - p, buf);
+		/* never-populated pages come back as zeroes without being read (each read would
+		 * be a MISSING fault through the library's missing guard) */
+		int z = vmwkvm_memfault_save(s->d->mf, p * DEMO_PG, (run - p) * DEMO_PG, buf, 0);
+		if (z < 0) {
+			fprintf(stderr, "vmwkvm_memfault_save: %s\n", vmwkvm_strerror(z));
+			atomic_store(&s->err, -z);
+			return;
+		}
+		atomic_fetch_add_explicit(&s->zero_pages, (unsigned long)z, memory_order_relaxed);
 		write_out(s, p, buf, (run - p) * DEMO_PG);
 		for (size_t q = p; q < run; q++)
 			atomic_store(&s->st[q], 2);
@@ -350,11 +329,9 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	struct saver s = { .d = &d, .npages = npages, .nbatch = (npages + SAVE_BATCH - 1) / SAVE_BATCH,
-			   .pagemap = -1, .hint = NO_BATCH };
+			   .hint = NO_BATCH };
 	s.st = calloc(npages, 1);
 	s.taken = calloc(s.nbatch, 1);
-	if (d.memfd < 0)
-		s.pagemap = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC); /* -1: every page is read */
 	struct vmwkvm_mf_region reg = demo_vm_region(&d);
 	struct vmwkvm_mf_range rg = { .sz = sizeof(rg), .gpa = 0, .size = ram_size, .access = VMWKVM_MF_ACCESS_WRITE,
 				      .fn = on_write, .ctx = &s };
@@ -510,8 +487,6 @@ int main(int argc, char **argv)
 	vmwkvm_memfault_free(d.mf);
 	free((void *)s.st);
 	free((void *)s.taken);
-	if (s.pagemap >= 0)
-		close(s.pagemap);
 	demo_vm_destroy(&d);
 	return rc;
 }
