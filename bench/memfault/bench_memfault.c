@@ -19,16 +19,25 @@
  *  protect_gib          write-protect 1 GiB of populated 4 KiB-page anonymous RAM:
  *                         base: mprotect(PROT_READ); lib: vmwkvm_memfault_write_protect().
  *                       Absolute times are printed too.
- *  snapshot_throughput  lazy snapshot of 1 GiB while a writer thread keeps writing (pause,
- *                       write-protect all, resume; this thread saves 256 KiB chunks and
- *                       unprotects them; a fault on an unsaved page saves it first), against
- *                       memcpy() of 1 GiB. The copy is checked against an eager copy taken
- *                       at the pause (exit 1 if it differs).
+ *  snapshot_throughput  lazy snapshot of 1 GiB while a writer thread keeps writing at random
+ *                       (pause, write-protect all, resume; saver threads save 2 MiB batches
+ *                       and unprotect them; a fault on an unsaved page saves it first),
+ *                       against memcpy() of 1 GiB; each copy is checked against an eager
+ *                       copy taken at the pause (exit 1 if it differs). With it:
+ *                       snapshot_writer (the writer's rate during the snapshot against its
+ *                       idle rate), snapshot_cpu (CPU time against memcpy's, telling the
+ *                       cost apart from a busy machine's scheduling), fault_floor and
+ *                       snapshot_fork (what kernel-resolved faults would allow); all of it
+ *                       again with THP-backed RAM, labelled _thp. See bench_snapshot.c.
  *
- * The last lines have the form `name base_ns=<n> lib_ns=<n> ratio=<lib/base>`.
- * Memory: --mib MiB of guest RAM plus the same again for the snapshot (default 1024).
+ * The last lines have the form `name base_<unit>=<n> lib_<unit>=<n> ratio=<lib/base>`
+ * (snapshot_writer: base_kps/lib_kps, writes per second; its ratio is during/idle).
+ * Memory: --mib MiB of guest RAM plus twice that for the copies (default 1024), and for
+ * the fork reference that again.
  *
  * Usage: vmwkvm-bench-memfault [--pages N] [--rounds R] [--mib M] [--no-pin] [--skip-gib]
+ *        [--snapshot-only] [--snap-threads N] [--snap-batch PAGES] [--snap-runs R] [--no-thp]
+ *        [--no-fork] [--snap-pin-writer] [--snap-own-copy]
  */
 #include "bench_memfault.h"
 
