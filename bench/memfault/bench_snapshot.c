@@ -262,6 +262,7 @@ static void *saver_main(void *p)
 struct run_result {
 	double ns, rate, faults, retries;
 	double cpu_ns; /* CPU time the snapshot took: the whole process's, less the writer's */
+	double huge_mib; /* THP: MiB of RAM in huge pages at protection */
 };
 
 static void snap_reset(struct snap *s)
@@ -275,13 +276,35 @@ static void snap_reset(struct snap *s)
 	atomic_store(&s->calls, 0);
 }
 
+#ifndef MADV_COLLAPSE
+#define MADV_COLLAPSE 25
+#endif
+
+/* THP-backed RAM: the writer's faults split huge pages (the fault unprotects 4 KiB); put
+ * them back together before the next snapshot, as khugepaged would in time. Returns the
+ * MiB of the process's anonymous memory in huge pages afterwards (only RAM asks for them). */
+static double thp_restore(uint8_t *mem, size_t len)
+{
+	madvise(mem, len, MADV_COLLAPSE); /* best effort */
+	FILE *f = fopen("/proc/self/smaps_rollup", "r");
+	double kib = 0;
+	char line[256];
+	while (f && fgets(line, sizeof(line), f))
+		if (sscanf(line, "AnonHugePages: %lf", &kib) == 1)
+			break;
+	if (f)
+		fclose(f);
+	return kib / 1024;
+}
+
 /* One lazy snapshot; returns 0 or -EIO when the copy differs from the eager one. */
-static int lazy_run(const struct snap_cfg *cfg, struct snap *s, struct rwriter *w, pthread_t wth, uint8_t *eager,
-		    bool quiet, struct run_result *out)
+static int lazy_run(const struct snap_cfg *cfg, bool cfg_thp, struct snap *s, struct rwriter *w, pthread_t wth,
+		    uint8_t *eager, bool quiet, struct run_result *out)
 {
 	size_t len = s->npages * PG;
 	snap_reset(s);
 	writer_pause(w);
+	out->huge_mib = cfg_thp ? thp_restore(s->mem, len) : 0;
 	memcpy(eager, s->mem, len);
 	double c0 = cpu_ns(CLOCK_PROCESS_CPUTIME_ID) - thread_cpu_ns(wth);
 	double t0 = now_ns();
@@ -313,10 +336,11 @@ static int lazy_run(const struct snap_cfg *cfg, struct snap *s, struct rwriter *
 }
 
 /* One snapshot by a forked child; the copy goes to shared memory. */
-static int fork_run(uint8_t *mem, uint8_t *shared, size_t len, struct rwriter *w, uint8_t *eager,
+static int fork_run(uint8_t *mem, uint8_t *shared, size_t len, bool thp, struct rwriter *w, uint8_t *eager,
 		    struct run_result *out)
 {
 	writer_pause(w);
+	out->huge_mib = thp ? thp_restore(mem, len) : 0;
 	memcpy(eager, mem, len);
 	double t0 = now_ns();
 	pid_t pid = fork();
@@ -393,6 +417,7 @@ struct mode_result {
 	double memcpy_ns, lazy_ns, lazy_rate, fork_ns, fork_rate, idle_rate, faults, retries;
 	double lazy_rate_min, lazy_rate_max, lazy_ns_min, lazy_ns_max;
 	double memcpy_cpu_ns, lazy_cpu_ns, quiet_ns, quiet_cpu_ns;
+	double huge_mib; /* THP: least MiB in huge pages at the protection of a run */
 };
 
 static int cmp_run(const void *a, const void *b)
@@ -449,18 +474,21 @@ static int run_mode(const struct snap_cfg *cfg, bool thp, struct mode_result *m)
 	int bad = 0;
 	for (unsigned r = 0; r < R && !bad; r++) {
 		idle[r] = writer_rate(&w, 200);
-		bad = lazy_run(cfg, &s, &w, th, eager, false, &lz[r]);
+		bad = lazy_run(cfg, thp, &s, &w, th, eager, false, &lz[r]);
 	}
 	/* the same with the writer kept paused: what the saving itself costs */
 	struct run_result q;
 	if (!bad)
-		bad = lazy_run(cfg, &s, &w, th, eager, true, &q);
+		bad = lazy_run(cfg, thp, &s, &w, th, eager, true, &q);
 	m->quiet_ns = q.ns;
 	m->quiet_cpu_ns = q.cpu_ns;
 	vmwkvm_memfault_stop(s.mf);
 	vmwkvm_memfault_free(s.mf);
 	m->idle_rate = median(idle, R);
 	qsort(lz, R, sizeof(lz[0]), cmp_run);
+	m->huge_mib = lz[0].huge_mib;
+	for (unsigned r = 1; r < R; r++)
+		m->huge_mib = fmin(m->huge_mib, lz[r].huge_mib);
 	m->lazy_ns = lz[R / 2].ns;
 	m->lazy_cpu_ns = lz[R / 2].cpu_ns;
 	m->lazy_rate = lz[R / 2].rate;
@@ -484,7 +512,7 @@ static int run_mode(const struct snap_cfg *cfg, bool thp, struct mode_result *m)
 		madvise(copy, len, MADV_DONTFORK);
 		madvise(eager, len, MADV_DONTFORK);
 		for (unsigned r = 0; r < R && !bad; r++)
-			bad = fork_run(mem, shared, len, &w, eager, &fk[r]);
+			bad = fork_run(mem, shared, len, thp, &w, eager, &fk[r]);
 		if (!bad) {
 			qsort(fk, R, sizeof(fk[0]), cmp_run);
 			m->fork_ns = fk[R / 2].ns;
@@ -525,12 +553,16 @@ int bench_snapshot_all(const struct snap_cfg *cfg, char *summary, size_t summary
 			return e;
 		}
 		double mib = opt_mib;
+		char huge[96] = "";
+		if (thp)
+			snprintf(huge, sizeof(huge), "; at least %.0f MiB of RAM in huge pages at each protection "
+				 "(MADV_COLLAPSE before each run)", m.huge_mib);
 		printf("snapshot_throughput%s: %u MiB %s RAM, %u saver thread(s), %u-page batches, median of %u runs: "
 		       "memcpy %.0f MB/s (%.0f ms), lazy snapshot %.0f MB/s (%.0f ms; runs %.0f-%.0f ms); "
-		       "snapshot equals memory at protection in every run\n",
+		       "snapshot equals memory at protection in every run%s\n",
 		       label, opt_mib, pages, cfg->threads, cfg->batch_pages, cfg->runs, mib * 1.048576 / (m.memcpy_ns / 1e9),
 		       m.memcpy_ns / 1e6, mib * 1.048576 / (m.lazy_ns / 1e9), m.lazy_ns / 1e6, m.lazy_ns_min / 1e6,
-		       m.lazy_ns_max / 1e6);
+		       m.lazy_ns_max / 1e6, huge);
 		printf("snapshot_cpu%s: CPU time (all threads but the writer's; the machine may be shared): memcpy %.0f ms, "
 		       "lazy snapshot %.0f ms (median run); with the writer paused the lazy snapshot takes %.0f ms "
 		       "(%.0f ms CPU)\n", label, m.memcpy_cpu_ns / 1e6, m.lazy_cpu_ns / 1e6, m.quiet_ns / 1e6,
