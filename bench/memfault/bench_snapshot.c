@@ -451,9 +451,11 @@ static int run_mode(const struct snap_cfg *cfg, bool thp, struct mode_result *m)
 		die("calloc", ENOMEM);
 	/* --snap-pin-writer: the writer and the library's service thread (both created now,
 	 * inheriting this thread's affinity) share the last CPU, as a VMM may pin a vCPU with
-	 * its fault service; the savers stay free */
-	cpu_set_t all, one;
+	 * its fault service, so that a fault needs no cross-CPU wake-up; the savers (this
+	 * thread and those it creates) get the other CPUs */
+	cpu_set_t all, one, rest;
 	sched_getaffinity(0, sizeof(all), &all);
+	rest = all;
 	if (cfg->pin_writer) {
 		CPU_ZERO(&one);
 		int last = -1;
@@ -461,6 +463,8 @@ static int run_mode(const struct snap_cfg *cfg, bool thp, struct mode_result *m)
 			if (CPU_ISSET(c, &all))
 				last = c;
 		CPU_SET(last, &one);
+		if (CPU_COUNT(&all) > 1)
+			CPU_CLR(last, &rest);
 		sched_setaffinity(0, sizeof(one), &one);
 	}
 	s.mf = lib_start(mem, len, snap_handler, &s, false, true);
@@ -468,7 +472,7 @@ static int run_mode(const struct snap_cfg *cfg, bool thp, struct mode_result *m)
 	pthread_t th;
 	if (pthread_create(&th, NULL, rwriter_main, &w))
 		die("pthread_create", EAGAIN);
-	sched_setaffinity(0, sizeof(all), &all);
+	sched_setaffinity(0, sizeof(rest), &rest);
 	double idle[16];
 	struct run_result lz[16], fk[16];
 	int bad = 0;
@@ -520,6 +524,7 @@ static int run_mode(const struct snap_cfg *cfg, bool thp, struct mode_result *m)
 		}
 		munmap(shared, len);
 	}
+	sched_setaffinity(0, sizeof(all), &all);
 	atomic_store(&w.stop, 1);
 	pthread_join(th, NULL);
 	free((void *)s.st);
