@@ -19,18 +19,27 @@
  *  protect_gib          write-protect 1 GiB of populated 4 KiB-page anonymous RAM:
  *                         base: mprotect(PROT_READ); lib: vmwkvm_memfault_write_protect().
  *                       Absolute times are printed too.
- *  snapshot_throughput  lazy snapshot of 1 GiB while a writer thread keeps writing (pause,
- *                       write-protect all, resume; this thread saves 256 KiB chunks and
- *                       unprotects them; a fault on an unsaved page saves it first), against
- *                       memcpy() of 1 GiB. The copy is checked against an eager copy taken
- *                       at the pause (exit 1 if it differs).
+ *  snapshot_throughput  lazy snapshot of 1 GiB while a writer thread keeps writing at random
+ *                       (pause, write-protect all, resume; saver threads save 2 MiB batches
+ *                       and unprotect them; a fault on an unsaved page saves it first),
+ *                       against memcpy() of 1 GiB; each copy is checked against an eager
+ *                       copy taken at the pause (exit 1 if it differs). With it:
+ *                       snapshot_writer (the writer's rate during the snapshot against its
+ *                       idle rate), snapshot_cpu (CPU time against memcpy's, telling the
+ *                       cost apart from a busy machine's scheduling), fault_floor and
+ *                       snapshot_fork (what kernel-resolved faults would allow); all of it
+ *                       again with THP-backed RAM, labelled _thp. See bench_snapshot.c.
  *
- * The last lines have the form `name base_ns=<n> lib_ns=<n> ratio=<lib/base>`.
- * Memory: --mib MiB of guest RAM plus the same again for the snapshot (default 1024).
+ * The last lines have the form `name base_<unit>=<n> lib_<unit>=<n> ratio=<lib/base>`
+ * (snapshot_writer: base_kps/lib_kps, writes per second; its ratio is during/idle).
+ * Memory: --mib MiB of guest RAM plus twice that for the copies (default 1024), and for
+ * the fork reference that again.
  *
  * Usage: vmwkvm-bench-memfault [--pages N] [--rounds R] [--mib M] [--no-pin] [--skip-gib]
+ *        [--snapshot-only] [--snap-threads N] [--snap-batch PAGES] [--snap-runs R] [--no-thp]
+ *        [--no-fork] [--snap-pin-writer] [--snap-own-copy]
  */
-#include <vmwkvm/vmwkvm.h>
+#include "bench_memfault.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -51,13 +60,12 @@
 #include <time.h>
 #include <unistd.h>
 
-#define PG 4096ul
-#define GPA_DATA 0x100000ul
+static unsigned opt_pages = 4096, opt_rounds = 7;
+unsigned opt_mib = 1024;
+static bool opt_pin = true, opt_skip_gib, opt_snapshot_only;
+static struct snap_cfg snap_cfg = { .threads = 2, .batch_pages = 512, .runs = 3, .thp = true, .fork_ref = true };
 
-static unsigned opt_pages = 4096, opt_rounds = 7, opt_mib = 1024;
-static bool opt_pin = true, opt_skip_gib;
-
-static double now_ns(void)
+double now_ns(void)
 {
 	struct timespec ts;
 	clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -70,13 +78,13 @@ static int cmp_d(const void *a, const void *b)
 	return x < y ? -1 : x > y;
 }
 
-static double median(double *v, unsigned n)
+double median(double *v, unsigned n)
 {
 	qsort(v, n, sizeof(*v), cmp_d);
 	return n % 2 ? v[n / 2] : (v[n / 2 - 1] + v[n / 2]) / 2;
 }
 
-static void die(const char *what, int err)
+_Noreturn void die(const char *what, int err)
 {
 	fprintf(stderr, "%s: %s\n", what, strerror(err < 0 ? -err : err));
 	exit(1);
@@ -101,12 +109,13 @@ static void unpin_self(void)
 		die("sched_setaffinity", errno);
 }
 
-static uint8_t *anon(size_t len, bool populate)
+uint8_t *anon_mem(size_t len, bool populate, bool thp)
 {
 	uint8_t *p = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (p == MAP_FAILED)
 		die("mmap", errno);
-	madvise(p, len, MADV_NOHUGEPAGE); /* 4 KiB pages: the case that costs */
+	/* 4 KiB pages unless asked: the case that costs */
+	madvise(p, len, thp ? MADV_HUGEPAGE : MADV_NOHUGEPAGE);
 	if (populate)
 		memset(p, 0x11, len);
 	return p;
@@ -210,8 +219,7 @@ static int unprotect_handler(vmwkvm_memfault *mf, const struct vmwkvm_mf_record 
 	return 0;
 }
 
-static vmwkvm_memfault *lib_start(uint8_t *buf, size_t len, vmwkvm_mf_handler fn, void *ctx, bool protect,
-				  bool service)
+vmwkvm_memfault *lib_start(uint8_t *buf, size_t len, vmwkvm_mf_handler fn, void *ctx, bool protect, bool service)
 {
 	vmwkvm_memfault *mf;
 	struct vmwkvm_memfault_opts o = { .sz = sizeof(o), .flags = VMWKVM_MF_OPT_REQUIRE_UFFD };
@@ -247,7 +255,7 @@ static void bench_wp_fault(double *base_out, double *lib_out)
 {
 	unsigned n = opt_pages;
 	size_t len = (size_t)n * PG;
-	uint8_t *buf = anon(len, true);
+	uint8_t *buf = anon_mem(len, true, false);
 	double base[64], lib[64];
 	unsigned R = opt_rounds < 64 ? opt_rounds : 64;
 	for (unsigned r = 0; r < R; r++) {
@@ -301,7 +309,7 @@ static int kvmb_up(struct kvmb *k, uint8_t *data, size_t len)
 	k->vm = ioctl(k->kvm, KVM_CREATE_VM, 0);
 	if (k->vm < 0)
 		return -errno;
-	k->low = anon(GPA_DATA, false);
+	k->low = anon_mem(GPA_DATA, false, false);
 	struct kvm_userspace_memory_region r0 = { .slot = 0, .guest_phys_addr = 0, .memory_size = GPA_DATA,
 						  .userspace_addr = (uintptr_t)k->low };
 	struct kvm_userspace_memory_region r1 = { .slot = 1, .guest_phys_addr = GPA_DATA, .memory_size = len,
@@ -401,7 +409,7 @@ static int bench_wp_fault_guest(double *base_out, double *lib_out)
 {
 	unsigned n = opt_pages;
 	size_t len = (size_t)n * PG;
-	uint8_t *buf = anon(len, true);
+	uint8_t *buf = anon_mem(len, true, false);
 	struct kvmb k;
 	int e = kvmb_up(&k, buf, len);
 	if (e < 0) {
@@ -446,7 +454,7 @@ static void bench_protect(double *base_out, double *lib_out, double *populate_ms
 {
 	size_t len = (size_t)opt_mib << 20;
 	double t0 = now_ns();
-	uint8_t *buf = anon(len, true);
+	uint8_t *buf = anon_mem(len, true, false);
 	*populate_ms = (now_ns() - t0) / 1e6;
 	unsigned R = opt_rounds < 64 ? opt_rounds : 64;
 	if (R > 5)
@@ -474,137 +482,15 @@ static void bench_protect(double *base_out, double *lib_out, double *populate_ms
 	*lib_out = median(lib, R);
 }
 
-/* ------------------------------------------------------------------ snapshot_throughput */
-
-struct snap {
-	uint8_t *mem, *copy;
-	size_t npages;
-	_Atomic uint8_t *st; /* 0 unsaved, 1 saving, 2 saved */
-	atomic_ulong by_fault;
-};
-
-static void snap_page(struct snap *s, size_t p, bool from_fault)
-{
-	uint8_t expect = 0;
-	if (atomic_compare_exchange_strong(&s->st[p], &expect, 1)) {
-		memcpy(s->copy + p * PG, s->mem + p * PG, PG);
-		atomic_store(&s->st[p], 2);
-		if (from_fault)
-			atomic_fetch_add(&s->by_fault, 1);
-		return;
-	}
-	while (atomic_load(&s->st[p]) != 2)
-		sched_yield();
-}
-
-static int snap_handler(vmwkvm_memfault *mf, const struct vmwkvm_mf_record *rec, struct vmwkvm_mf_action *act,
-			void *ctx)
-{
-	(void)mf;
-	struct snap *s = ctx;
-	snap_page(s, (rec->gpa - GPA_DATA) / PG, true);
-	act->kind = VMWKVM_MF_ACT_UNPROTECT;
-	return 0;
-}
-
-struct rwriter {
-	uint8_t *mem;
-	size_t npages;
-	atomic_int pause, paused, stop;
-	atomic_ulong writes;
-};
-
-static void *rwriter_main(void *p)
-{
-	struct rwriter *w = p;
-	uint64_t x = 88172645463325252ull;
-	unsigned long n = 0;
-	while (!atomic_load_explicit(&w->stop, memory_order_relaxed)) {
-		if (atomic_load_explicit(&w->pause, memory_order_relaxed)) {
-			atomic_store(&w->paused, 1);
-			while (atomic_load(&w->pause))
-				sched_yield();
-			atomic_store(&w->paused, 0);
-			continue;
-		}
-		x ^= x << 13;
-		x ^= x >> 7;
-		x ^= x << 17;
-		size_t page = x % w->npages;
-		*(volatile uint64_t *)(void *)(w->mem + page * PG + ((x >> 40) % (PG / 8)) * 8) = x;
-		if ((++n & 1023) == 0)
-			atomic_fetch_add_explicit(&w->writes, 1024, memory_order_relaxed);
-	}
-	return NULL;
-}
-
-static int bench_snapshot(double *base_out, double *lib_out, unsigned long *by_fault, double *write_rate_during,
-			  double *write_rate_idle)
-{
-	size_t len = (size_t)opt_mib << 20;
-	size_t np = len / PG;
-	uint8_t *mem = anon(len, true);
-	uint8_t *copy = anon(len, true);
-	uint8_t *eager = anon(len, true);
-	/* baseline: memcpy of the whole RAM */
-	double t0 = now_ns();
-	memcpy(copy, mem, len);
-	*base_out = now_ns() - t0;
-
-	struct snap s = { .mem = mem, .copy = copy, .npages = np };
-	s.st = calloc(np, 1);
-	vmwkvm_memfault *mf = lib_start(mem, len, snap_handler, &s, false, true);
-	struct rwriter w = { .mem = mem, .npages = np };
-	pthread_t th;
-	if (pthread_create(&th, NULL, rwriter_main, &w))
-		die("pthread_create", EAGAIN);
-	/* writer rate without a snapshot, for reference */
-	unsigned long w0 = atomic_load(&w.writes);
-	t0 = now_ns();
-	struct timespec ts = { 0, 200 * 1000 * 1000 };
-	nanosleep(&ts, NULL);
-	*write_rate_idle = (atomic_load(&w.writes) - w0) / ((now_ns() - t0) / 1e9);
-
-	/* pause, eager copy (for the check only), protect, resume */
-	atomic_store(&w.pause, 1);
-	while (!atomic_load(&w.paused))
-		sched_yield();
-	memcpy(eager, mem, len);
-	t0 = now_ns();
-	int e = vmwkvm_memfault_write_protect(mf, GPA_DATA, len);
-	if (e < 0)
-		die("vmwkvm_memfault_write_protect", e);
-	atomic_store(&w.pause, 0);
-	w0 = atomic_load(&w.writes);
-	const size_t chunk = 64; /* 256 KiB */
-	for (size_t c = 0; c < np; c += chunk) {
-		size_t end = c + chunk < np ? c + chunk : np;
-		for (size_t p = c; p < end; p++)
-			snap_page(&s, p, false);
-		if ((e = vmwkvm_memfault_unprotect(mf, GPA_DATA + c * PG, (end - c) * PG)) < 0)
-			die("vmwkvm_memfault_unprotect", e);
-	}
-	double t = now_ns() - t0;
-	*write_rate_during = (atomic_load(&w.writes) - w0) / (t / 1e9);
-	*lib_out = t;
-	*by_fault = atomic_load(&s.by_fault);
-	atomic_store(&w.stop, 1);
-	pthread_join(th, NULL);
-	vmwkvm_memfault_stop(mf);
-	vmwkvm_memfault_free(mf);
-	int bad = memcmp(copy, eager, len) != 0;
-	free((void *)s.st);
-	munmap(mem, len);
-	munmap(copy, len);
-	munmap(eager, len);
-	return bad ? -EIO : 0;
-}
-
 /* ------------------------------------------------------------------ main */
 
 static void usage(const char *argv0)
 {
-	fprintf(stderr, "usage: %s [--pages N] [--rounds R] [--mib M] [--no-pin] [--skip-gib]\n", argv0);
+	fprintf(stderr,
+		"usage: %s [--pages N] [--rounds R] [--mib M] [--no-pin] [--skip-gib] [--snapshot-only]\n"
+		"          [--snap-threads N (1-16)] [--snap-batch PAGES] [--snap-runs R (1-16)] [--no-thp] [--no-fork]\n"
+		"          [--snap-pin-writer] [--snap-own-copy]\n",
+		argv0);
 	exit(2);
 }
 
@@ -621,10 +507,27 @@ int main(int argc, char **argv)
 			opt_pin = false;
 		else if (!strcmp(argv[i], "--skip-gib"))
 			opt_skip_gib = true;
+		else if (!strcmp(argv[i], "--snapshot-only"))
+			opt_snapshot_only = true;
+		else if (!strcmp(argv[i], "--snap-threads") && i + 1 < argc)
+			snap_cfg.threads = (unsigned)strtoul(argv[++i], NULL, 0);
+		else if (!strcmp(argv[i], "--snap-batch") && i + 1 < argc)
+			snap_cfg.batch_pages = (unsigned)strtoul(argv[++i], NULL, 0);
+		else if (!strcmp(argv[i], "--snap-runs") && i + 1 < argc)
+			snap_cfg.runs = (unsigned)strtoul(argv[++i], NULL, 0);
+		else if (!strcmp(argv[i], "--no-thp"))
+			snap_cfg.thp = false;
+		else if (!strcmp(argv[i], "--no-fork"))
+			snap_cfg.fork_ref = false;
+		else if (!strcmp(argv[i], "--snap-pin-writer"))
+			snap_cfg.pin_writer = true;
+		else if (!strcmp(argv[i], "--snap-own-copy"))
+			snap_cfg.own_copy = true;
 		else
 			usage(argv[0]);
 	}
-	if (!opt_pages || !opt_rounds || !opt_mib)
+	if (!opt_pages || !opt_rounds || !opt_mib || !snap_cfg.threads || snap_cfg.threads > 16 ||
+	    !snap_cfg.batch_pages || !snap_cfg.runs || snap_cfg.runs > 16)
 		usage(argv[0]);
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	printf("vmwkvm-bench-memfault %s: %u pages x %u rounds (median), %u MiB RAM, fault writer and server %s\n",
@@ -632,41 +535,36 @@ int main(int argc, char **argv)
 	sched_getaffinity(0, sizeof(all_cpus), &all_cpus);
 	pin_self(); /* threads created later inherit the mask: the library's service thread too */
 
-	double wb, wl;
-	bench_wp_fault(&wb, &wl);
-	printf("wp_fault (host thread): bare uffd loop %.0f ns/fault, library %.0f ns/fault\n", wb, wl);
-
-	double gb = 0, gl = 0;
-	int ge = bench_wp_fault_guest(&gb, &gl);
-	if (ge == 0)
-		printf("wp_fault_guest base_ns=%.0f lib_ns=%.0f ratio=%.3f\n", gb, gl, gl / gb);
-	else
-		printf("wp_fault_guest skipped: %s\n", ge == -ENOENT ? "/dev/kvm absent" : strerror(-ge));
+	double wb = 0, wl = 0;
+	if (!opt_snapshot_only) {
+		bench_wp_fault(&wb, &wl);
+		printf("wp_fault (host thread): bare uffd loop %.0f ns/fault, library %.0f ns/fault\n", wb, wl);
+		double gb = 0, gl = 0;
+		int ge = bench_wp_fault_guest(&gb, &gl);
+		if (ge == 0)
+			printf("wp_fault_guest base_ns=%.0f lib_ns=%.0f ratio=%.3f\n", gb, gl, gl / gb);
+		else
+			printf("wp_fault_guest skipped: %s\n", ge == -ENOENT ? "/dev/kvm absent" : strerror(-ge));
+	}
 
 	double pb = 0, pl = 0, pop = 0;
-	double sb = 0, sl = 0, rate_d = 0, rate_i = 0;
-	unsigned long byf = 0;
-	unpin_self(); /* bulk work below: every CPU (the saver and the writer run in parallel) */
+	static char snap_summary[2048];
+	unpin_self(); /* bulk work below: every CPU (the savers and the writer run in parallel) */
 	if (!opt_skip_gib) {
-		bench_protect(&pb, &pl, &pop);
-		printf("protect_gib: %u MiB populated in %.0f ms; mprotect(PROT_READ) %.2f ms, library write_protect "
-		       "%.2f ms\n", opt_mib, pop, pb / 1e6, pl / 1e6);
-		int e = bench_snapshot(&sb, &sl, &byf, &rate_d, &rate_i);
-		if (e < 0) {
-			fprintf(stderr, "snapshot_throughput: the lazy snapshot differs from memory at protection\n");
-			return 1;
+		if (!opt_snapshot_only) {
+			bench_protect(&pb, &pl, &pop);
+			printf("protect_gib: %u MiB populated in %.0f ms; mprotect(PROT_READ) %.2f ms, library "
+			       "write_protect %.2f ms\n", opt_mib, pop, pb / 1e6, pl / 1e6);
 		}
-		double mib = opt_mib;
-		printf("snapshot_throughput: memcpy %.0f MB/s (%.0f ms), lazy snapshot %.0f MB/s (%.0f ms), %lu pages "
-		       "saved by a write fault first; writer %.0f k writes/s idle, %.0f k/s during the snapshot; "
-		       "snapshot equals memory at protection\n",
-		       mib * 1.048576 / (sb / 1e9), sb / 1e6, mib * 1.048576 / (sl / 1e9), sl / 1e6, byf, rate_i / 1e3,
-		       rate_d / 1e3);
+		if (bench_snapshot_all(&snap_cfg, snap_summary, sizeof(snap_summary)) < 0)
+			return 1;
 	}
-	printf("wp_fault base_ns=%.0f lib_ns=%.0f ratio=%.3f\n", wb, wl, wl / wb);
+	if (!opt_snapshot_only)
+		printf("wp_fault base_ns=%.0f lib_ns=%.0f ratio=%.3f\n", wb, wl, wl / wb);
 	if (!opt_skip_gib) {
-		printf("protect_gib base_ns=%.0f lib_ns=%.0f ratio=%.3f\n", pb, pl, pl / pb);
-		printf("snapshot_throughput base_ns=%.0f lib_ns=%.0f ratio=%.3f\n", sb, sl, sl / sb);
+		if (!opt_snapshot_only)
+			printf("protect_gib base_ns=%.0f lib_ns=%.0f ratio=%.3f\n", pb, pl, pl / pb);
+		fputs(snap_summary, stdout);
 	}
 	return 0;
 }

@@ -9,9 +9,13 @@
  *      the kernel allows it, else mprotect(), whose guest writes come back as MMIO exits on
  *      hosts whose KVM emulates guest code),
  *   3. resumes the vCPUs at once,
- *   4. saves pages in the background (this thread, 256 KiB at a time, each chunk unprotected
- *      once saved), while a guest write to a page not saved yet reaches the WRITE handler,
- *      which saves that page first and only then lets the write proceed,
+ *   4. saves pages in the background (--savers threads, default 2, this one included: each
+ *      takes 2 MiB batches, copies runs of up to 256 KiB with vmwkvm_memfault_save(), which
+ *      gives never-populated pages as zeroes without reading them, writes them out, and
+ *      unprotects a batch with one call once every page of it is saved), while a guest write to a page not saved yet reaches the WRITE handler, which
+ *      saves that page first and only then lets the write proceed (if a saver is writing
+ *      that page out at the moment, the write waits for its unprotect); the savers then
+ *      take that page's batch next and go on ahead of the guest,
  *   5. writes the RAM image to the snapshot file as pages are saved.
  * With --verify it exits 0 only if the file equals guest memory at the instant of
  * protection (the eager copy). The file can be restored by vmwkvm-restore-demo.
@@ -19,7 +23,7 @@
  * --no-kvm runs the same with host threads in place of the vCPUs (the library sees their
  * faults as it sees KVM's), so the demo also works where /dev/kvm is missing.
  *
- * Usage: vmwkvm-snapshot-demo [--out FILE] [--mem MiB] [--vcpus N] [--run-ms MS] [--verify]
+ * Usage: vmwkvm-snapshot-demo [--out FILE] [--mem MiB] [--vcpus N] [--run-ms MS] [--savers N] [--verify]
  *                             [--no-kvm] [--memfd] [--mprotect] [--guest FILE] [--quiet]
  * Exit: 0 done (and verified with --verify), 1 failure, 2 usage, 77 /dev/kvm absent.
  */
@@ -42,56 +46,53 @@
 #endif
 
 static const char *opt_out = "vmwkvm-snapshot.bin", *opt_guest = VMWKVM_DEMO_GUEST;
-static unsigned opt_mib = 16, opt_vcpus = 2, opt_run_ms = 300;
+#define DEMO_MAX_SAVERS 8
+
+static unsigned opt_mib = 16, opt_vcpus = 2, opt_run_ms = 300, opt_savers = 2;
 static bool opt_verify, opt_nokvm, opt_memfd, opt_mprotect;
 
 /* ------------------------------------------------------------------ saving */
 
+#define SAVE_BATCH 512 /* pages a saver takes at once (2 MiB): one unprotect call */
+#define SAVE_RUN 64    /* pages copied and written out in one go (256 KiB): a racing fault waits for one run */
+#define NO_BATCH SIZE_MAX
+
 struct saver {
 	struct demo_vm *d;
 	int fd;
-	size_t npages;
-	_Atomic uint8_t *st; /* per page: 0 unsaved, 1 being saved, 2 saved */
-	atomic_ulong by_fault, by_saver;
+	size_t npages, nbatch;
+	_Atomic uint8_t *st;    /* per page: 0 unsaved, 1 being saved, 2 saved */
+	_Atomic uint8_t *taken; /* per batch: taken by a saver */
+	atomic_size_t cursor;   /* next batch in address order */
+	atomic_size_t hint;     /* batch of the last page a guest write saved first, or NO_BATCH */
+	atomic_ulong by_fault, by_saver, zero_pages, retries;
 	atomic_int err;
 };
 
-static const uint8_t zero_page[DEMO_PG];
-
-/* Save page p (once): from src, or from guest RAM when src is NULL. */
-static void save_page(struct saver *s, size_t p, const uint8_t *src, bool from_fault)
+static void write_out(struct saver *s, size_t p, const uint8_t *from, size_t len)
 {
-	uint8_t expect = 0;
-	if (atomic_compare_exchange_strong(&s->st[p], &expect, 1)) {
-		/* Copy the page out first. The guest cannot change it meanwhile (it is write
-		 * protected; a write waits for this handler), an order the kernel keeps and a race
-		 * detector cannot see: hence relaxed atomic loads. */
-		uint64_t copy[DEMO_PG / 8];
-		const uint8_t *from = src;
-		if (!from) {
-			const uint64_t *g = (const uint64_t *)(const void *)(s->d->ram + p * DEMO_PG);
-			for (size_t i = 0; i < DEMO_PG / 8; i++)
-				copy[i] = __atomic_load_n(&g[i], __ATOMIC_RELAXED);
-			from = (const uint8_t *)copy;
+	off_t off = (off_t)(SNAP_DATA_OFFSET + p * DEMO_PG);
+	size_t done = 0;
+	while (done < len) {
+		ssize_t w = pwrite(s->fd, from + done, len - done, off + (off_t)done);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0) {
+			atomic_store(&s->err, w < 0 ? errno : EIO);
+			return;
 		}
-		off_t off = (off_t)(SNAP_DATA_OFFSET + p * DEMO_PG);
-		size_t done = 0;
-		while (done < DEMO_PG) {
-			ssize_t w = pwrite(s->fd, from + done, DEMO_PG - done, off + (off_t)done);
-			if (w < 0 && errno == EINTR)
-				continue;
-			if (w <= 0) {
-				atomic_store(&s->err, w < 0 ? errno : EIO);
-				break;
-			}
-			done += (size_t)w;
-		}
-		atomic_store(&s->st[p], 2);
-		atomic_fetch_add(from_fault ? &s->by_fault : &s->by_saver, 1);
-		return;
+		done += (size_t)w;
 	}
-	while (atomic_load(&s->st[p]) != 2) /* the other side is writing it out */
-		sched_yield();
+}
+
+/* Copy page p (write-protected, populated) into buf. The guest cannot change it meanwhile
+ * (a write waits for the handler), an order the kernel keeps and a race detector cannot
+ * see: hence relaxed atomic loads. */
+static void copy_page(struct saver *s, size_t p, uint64_t *buf)
+{
+	const uint64_t *g = (const uint64_t *)(const void *)(s->d->ram + p * DEMO_PG);
+	for (size_t j = 0; j < DEMO_PG / 8; j++)
+		buf[j] = __atomic_load_n(&g[j], __ATOMIC_RELAXED);
 }
 
 /* WRITE handler: a guest write is about to change a page; save it first. Runs on the
@@ -101,11 +102,112 @@ static int on_write(vmwkvm_memfault *mf, const struct vmwkvm_mf_record *rec, str
 	(void)mf;
 	struct saver *s = ctx;
 	uint64_t first = rec->gpa / DEMO_PG, last = (rec->gpa + rec->size - 1) / DEMO_PG;
-	for (uint64_t p = first; p <= last && p < s->npages; p++)
-		/* an unpopulated page reads as zeroes; touching it from here would fault again */
-		save_page(s, p, (rec->flags & VMWKVM_MF_FLAG_UNPOPULATED) ? zero_page : NULL, true);
+	bool wait = false;
+	for (uint64_t p = first; p <= last && p < s->npages; p++) {
+		uint8_t expect = 0;
+		if (atomic_compare_exchange_strong(&s->st[p], &expect, 1)) {
+			uint64_t copy[DEMO_PG / 8];
+			/* an unpopulated page reads as zeroes; touching it from here would fault again */
+			if (rec->flags & VMWKVM_MF_FLAG_UNPOPULATED)
+				memset(copy, 0, sizeof(copy));
+			else
+				copy_page(s, p, copy);
+			write_out(s, p, (const uint8_t *)copy, DEMO_PG);
+			atomic_store(&s->st[p], 2);
+			atomic_fetch_add(&s->by_fault, 1);
+			/* copy ahead of the writer: a saver takes this page's batch next */
+			atomic_store_explicit(&s->hint, p / SAVE_BATCH, memory_order_relaxed);
+		} else if (expect != 2) {
+			wait = true; /* a saver is writing it out; its unprotect lets the write in */
+		}
+	}
+	if (wait) {
+		atomic_fetch_add_explicit(&s->retries, 1, memory_order_relaxed);
+		act->kind = VMWKVM_MF_ACT_RETRY;
+		return 0;
+	}
 	act->kind = VMWKVM_MF_ACT_UNPROTECT;
 	return 0;
+}
+
+static size_t take(struct saver *s, size_t b)
+{
+	if (b < s->nbatch && !atomic_load_explicit(&s->taken[b], memory_order_relaxed) &&
+	    !atomic_exchange(&s->taken[b], 1))
+		return b;
+	return NO_BATCH;
+}
+
+/* The next batch: where the guest last wrote, else the one after prev, else address order. */
+static size_t next_batch(struct saver *s, size_t prev)
+{
+	size_t h = atomic_exchange_explicit(&s->hint, NO_BATCH, memory_order_relaxed);
+	size_t b = h != NO_BATCH ? take(s, h) : NO_BATCH;
+	if (b == NO_BATCH && prev != NO_BATCH)
+		b = take(s, prev + 1);
+	while (b == NO_BATCH) {
+		size_t c = atomic_fetch_add(&s->cursor, 1);
+		if (c >= s->nbatch)
+			return NO_BATCH;
+		b = take(s, c);
+	}
+	return b;
+}
+
+/* Save the unsaved pages of batch b in runs, then unprotect the whole batch at once. */
+static void save_batch(struct saver *s, size_t b, uint8_t *buf)
+{
+	size_t first = b * SAVE_BATCH, end = first + SAVE_BATCH < s->npages ? first + SAVE_BATCH : s->npages;
+	for (size_t p = first; p < end;) {
+		size_t run = p;
+		while (run < end && run - p < SAVE_RUN) {
+			uint8_t expect = 0;
+			if (!atomic_compare_exchange_strong(&s->st[run], &expect, 1))
+				break;
+			run++;
+		}
+		if (run == p) {
+			p++; /* saved, or being saved by a fault */
+			continue;
+		}
+		/* never-populated pages come back as zeroes without being read (each read would
+		 * be a MISSING fault through the library's missing guard) */
+		int z = vmwkvm_memfault_save(s->d->mf, p * DEMO_PG, (run - p) * DEMO_PG, buf, 0);
+		if (z < 0) {
+			fprintf(stderr, "vmwkvm_memfault_save: %s\n", vmwkvm_strerror(z));
+			atomic_store(&s->err, -z);
+			return;
+		}
+		atomic_fetch_add_explicit(&s->zero_pages, (unsigned long)z, memory_order_relaxed);
+		write_out(s, p, buf, (run - p) * DEMO_PG);
+		for (size_t q = p; q < run; q++)
+			atomic_store(&s->st[q], 2);
+		atomic_fetch_add(&s->by_saver, run - p);
+		p = run;
+	}
+	/* a fault may still be writing one out: unprotecting now would let its write in */
+	for (size_t p = first; p < end; p++)
+		while (atomic_load(&s->st[p]) != 2)
+			sched_yield();
+	int e = vmwkvm_memfault_unprotect(s->d->mf, first * DEMO_PG, (end - first) * DEMO_PG);
+	if (e < 0) {
+		fprintf(stderr, "unprotect: %s\n", vmwkvm_strerror(e));
+		atomic_store(&s->err, -e);
+	}
+}
+
+static void *saver_main(void *arg)
+{
+	struct saver *s = arg;
+	uint8_t *buf = malloc(SAVE_RUN * DEMO_PG);
+	if (!buf) {
+		atomic_store(&s->err, ENOMEM);
+		return NULL;
+	}
+	for (size_t b = next_batch(s, NO_BATCH); b != NO_BATCH && !atomic_load(&s->err); b = next_batch(s, b))
+		save_batch(s, b, buf);
+	free(buf);
+	return NULL;
 }
 
 /* ------------------------------------------------------------------ host vCPUs (--no-kvm) */
@@ -132,8 +234,8 @@ static int host_writer(struct demo_vm *d, int cpu, void *ctx)
 static void usage(const char *argv0)
 {
 	fprintf(stderr,
-		"usage: %s [--out FILE] [--mem MiB] [--vcpus N] [--run-ms MS] [--verify] [--no-kvm] [--memfd]\n"
-		"          [--mprotect] [--guest FILE] [--quiet]\n",
+		"usage: %s [--out FILE] [--mem MiB] [--vcpus N] [--run-ms MS] [--savers N] [--verify] [--no-kvm]\n"
+		"          [--memfd] [--mprotect] [--guest FILE] [--quiet]\n",
 		argv0);
 	exit(2);
 }
@@ -169,6 +271,8 @@ int main(int argc, char **argv)
 			opt_vcpus = (unsigned)strtoul(argv[++i], NULL, 0);
 		else if (!strcmp(a, "--run-ms") && i + 1 < argc)
 			opt_run_ms = (unsigned)strtoul(argv[++i], NULL, 0);
+		else if (!strcmp(a, "--savers") && i + 1 < argc)
+			opt_savers = (unsigned)strtoul(argv[++i], NULL, 0);
 		else if (!strcmp(a, "--guest") && i + 1 < argc)
 			opt_guest = argv[++i];
 		else if (!strcmp(a, "--verify"))
@@ -184,7 +288,8 @@ int main(int argc, char **argv)
 		else
 			usage(argv[0]);
 	}
-	if (opt_mib < 2 || opt_mib > 4096 || opt_vcpus < 2 || opt_vcpus > DEMO_MAX_VCPUS)
+	if (opt_mib < 2 || opt_mib > 4096 || opt_vcpus < 2 || opt_vcpus > DEMO_MAX_VCPUS || !opt_savers ||
+	    opt_savers > DEMO_MAX_SAVERS)
 		usage(argv[0]);
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	vmwkvm_set_log(demo_on_log, NULL, VMWKVM_LOG_WARN);
@@ -223,12 +328,14 @@ int main(int argc, char **argv)
 		fprintf(stderr, "vmwkvm_memfault_new: %s\n", vmwkvm_strerror(e));
 		return 1;
 	}
-	struct saver s = { .d = &d, .npages = npages };
+	struct saver s = { .d = &d, .npages = npages, .nbatch = (npages + SAVE_BATCH - 1) / SAVE_BATCH,
+			   .hint = NO_BATCH };
 	s.st = calloc(npages, 1);
+	s.taken = calloc(s.nbatch, 1);
 	struct vmwkvm_mf_region reg = demo_vm_region(&d);
 	struct vmwkvm_mf_range rg = { .sz = sizeof(rg), .gpa = 0, .size = ram_size, .access = VMWKVM_MF_ACCESS_WRITE,
 				      .fn = on_write, .ctx = &s };
-	if (!s.st || (e = vmwkvm_memfault_add_region(d.mf, &reg)) < 0 || (e = vmwkvm_memfault_add_range(d.mf, &rg)) < 0) {
+	if (!s.st || !s.taken || (e = vmwkvm_memfault_add_region(d.mf, &reg)) < 0 || (e = vmwkvm_memfault_add_range(d.mf, &rg)) < 0) {
 		fprintf(stderr, "dispatcher set-up: %s\n", vmwkvm_strerror(e ? e : -ENOMEM));
 		return 1;
 	}
@@ -284,18 +391,23 @@ int main(int argc, char **argv)
 		return 1;
 	}
 
-	/* 4-5: save in the background, 256 KiB at a time */
-	const size_t chunk = 64;
-	for (size_t c = 0; c < npages && !atomic_load(&s.err); c += chunk) {
-		size_t end = c + chunk < npages ? c + chunk : npages;
-		for (size_t p = c; p < end; p++)
-			save_page(&s, p, NULL, false);
-		if ((e = vmwkvm_memfault_unprotect(d.mf, c * DEMO_PG, (end - c) * DEMO_PG)) < 0) {
-			fprintf(stderr, "unprotect: %s\n", vmwkvm_strerror(e));
-			atomic_store(&s.err, -e);
-		}
-	}
+	/* 4-5: save in the background: --savers threads (this one included) */
+	pthread_t savers[DEMO_MAX_SAVERS];
+	unsigned nsav = 0;
+	for (; nsav + 1 < opt_savers; nsav++)
+		if (pthread_create(&savers[nsav], NULL, saver_main, &s))
+			break;
+	saver_main(&s);
+	for (unsigned i = 0; i < nsav; i++)
+		pthread_join(savers[i], NULL);
 	double t_saved = demo_now_ms();
+	/* every batch is unprotected; one unprotect of all of RAM also drops the library's
+	 * missing guard, so the guest's first touches of never-populated pages stop being
+	 * userfaultfd round trips */
+	if (!atomic_load(&s.err) && (e = vmwkvm_memfault_unprotect(d.mf, 0, ram_size)) < 0) {
+		fprintf(stderr, "unprotect: %s\n", vmwkvm_strerror(e));
+		atomic_store(&s.err, -e);
+	}
 	struct snap_header h;
 	memset(&h, 0, sizeof(h));
 	memcpy(h.magic, SNAP_MAGIC, 8);
@@ -322,9 +434,11 @@ int main(int argc, char **argv)
 	demo_say("snapshot: downtime %.2f ms (pause %.2f, %sprotect %.2f), saved in %.1f ms after resume (%.0f MB/s)\n",
 	         (t_paused - t0) + (t_resumed - t_copy), t_paused - t0, opt_verify ? "eager copy for --verify excluded, " : "", t_prot - t_copy,
 	         t_saved - t_resumed, ram_size / 1e6 / ((t_saved - t_resumed) / 1e3));
-	demo_say("          %lu pages saved because the guest wrote them first, %lu by the background saver; "
-	         "%llu userfaultfd faults, %lu MMIO exits on RAM\n",
-	         atomic_load(&s.by_fault), atomic_load(&s.by_saver), (unsigned long long)st.faults[VMWKVM_MF_SRC_UFFD], mmio);
+	demo_say("          %lu pages saved because the guest wrote them first, %lu by %u background saver(s) (%lu never "
+	         "populated: zeroes, not read); %lu write(s) waited for a saver; %llu userfaultfd faults, %lu MMIO exits "
+	         "on RAM\n",
+	         atomic_load(&s.by_fault), atomic_load(&s.by_saver), opt_savers, atomic_load(&s.zero_pages),
+	         atomic_load(&s.retries), (unsigned long long)st.faults[VMWKVM_MF_SRC_UFFD], mmio);
 
 	int rc = 0;
 	if (vr) {
@@ -372,6 +486,7 @@ int main(int argc, char **argv)
 	close(s.fd);
 	vmwkvm_memfault_free(d.mf);
 	free((void *)s.st);
+	free((void *)s.taken);
 	demo_vm_destroy(&d);
 	return rc;
 }

@@ -620,6 +620,50 @@ VMWKVM_API int vmwkvm_memfault_mechanism(vmwkvm_memfault *mf, uint64_t gpa);
 VMWKVM_API int vmwkvm_memfault_resolve(vmwkvm_memfault *mf, uint64_t gpa, uint64_t len, int kind,
 				       const void *data);
 
+/** Flags of vmwkvm_memfault_save(). */
+enum vmwkvm_mf_save_flag {
+	VMWKVM_MF_SAVE_UNPROTECT = 1u << 0, /**< once copied, remove the range's protection (as vmwkvm_memfault_unprotect()) */
+	VMWKVM_MF_SAVE_STREAM = 1u << 1,    /**< write @p dst with streaming (non-temporal) stores where the CPU has them and
+					         @p dst is 16-byte aligned: for copies not read again soon (a snapshot) */
+};
+
+/**
+ * Copy guest RAM into a buffer without faulting, then, with ::VMWKVM_MF_SAVE_UNPROTECT,
+ * remove its protection: the saving step of a lazy snapshot for a whole batch of pages.
+ *
+ * The bytes are those of [gpa, gpa+len) now, whatever the protection: write-protected pages
+ * are read through the VMM's mapping, access-protected ones as
+ * vmwkvm_memfault_handle_exit() reads them (alias mapping of memfd/shmem memory,
+ * /proc/self/mem for private anonymous memory). Pages of anonymous regions that hold no
+ * data (never populated, or emptied by MADV_DONTNEED), as /proc/self/pagemap tells, are not
+ * read: their bytes in @p dst are zeroes. Reading one would be a MISSING fault through the
+ * missing guard (a round trip through the fault service, and on the service thread a
+ * deadlock). The kernel shows the marker that write protection leaves on such a page only
+ * to CAP_SYS_ADMIN; without it, or without pagemap, such pages are read (which a thread
+ * other than the service thread may do).
+ *
+ * For a snapshot equal to memory at one instant, the caller makes sure no write reaches the
+ * range between protection and this call (typically: the range is write-protected and its
+ * WRITE handler saves a page the same way before letting a write in), and that no handler
+ * saves a page of the range while this call copies it.
+ * @param mf    dispatcher
+ * @param gpa   page-aligned start (aligned to the region's pages)
+ * @param len   page-multiple length (> 0); the range may span adjacent regions
+ * @param dst   @p len bytes
+ * @param flags enum vmwkvm_mf_save_flag bits
+ * @return the number of 4 KiB pages written as zeroes without being read (>= 0, at most
+ *         INT_MAX); -EINVAL (NULL @p mf or @p dst, unaligned or empty range, unknown
+ *         flags), -ENOENT (part of the range is not in a region), -EDEADLK (called on the
+ *         userfaultfd service thread and a page may be a never-populated one that cannot be
+ *         told apart: see above), -EOPNOTSUPP (an access-protected page cannot be read), or
+ *         the negative errno of the unprotect. On failure part of @p dst may be written and
+ *         part of the range unprotected.
+ * @par Thread-safety
+ * Safe, also from handlers; calls for different ranges may run in parallel (the unprotect
+ * steps are serialised).
+ */
+VMWKVM_API int vmwkvm_memfault_save(vmwkvm_memfault *mf, uint64_t gpa, uint64_t len, void *dst, uint32_t flags);
+
 /**
  * The userfaultfd features in force (as negotiated by UFFDIO_API).
  * @param mf       dispatcher

@@ -94,6 +94,7 @@ int vmwkvm_memfault_new(vmwkvm_vm *vm, const struct vmwkvm_memfault_opts *opts, 
 	mf->epfd = -1;
 	mf->kickfd = -1;
 	atomic_init(&mf->procmem, -1);
+	atomic_init(&mf->pagemap, -1);
 	atomic_init(&mf->nparked, 0);
 	atomic_init(&mf->svc_stop, false);
 	mf->max_page = MF_MIN_PAGE;
@@ -167,6 +168,9 @@ void vmwkvm_memfault_free(vmwkvm_memfault *mf)
 	}
 	vk_mf_uffd_close(mf);
 	int pm = atomic_load(&mf->procmem);
+	if (pm >= 0)
+		close(pm);
+	pm = atomic_load(&mf->pagemap);
 	if (pm >= 0)
 		close(pm);
 	free(mf->pend);

@@ -174,6 +174,8 @@ struct vmwkvm_memfault {
 
 	/* /proc/self/mem, for completing accesses on protected private anonymous memory */
 	atomic_int procmem;
+	/* /proc/self/pagemap, for vmwkvm_memfault_save() on anonymous memory (-1 until used) */
+	atomic_int pagemap;
 
 	/* counters */
 	atomic_ullong faults[VMWKVM_MF_SRC_COUNT];

@@ -1,8 +1,9 @@
 /*
  * Memory-fault dispatcher: page protection (write and access protection by userfaultfd WP
- * or mprotect(), unprotection, resolution from outside a handler) and guest-RAM access
- * whatever the protection (alias mapping, /proc/self/mem). Under the tables, above the
- * userfaultfd ioctls (uffd_io.c).
+ * or mprotect(), unprotection, resolution from outside a handler), guest-RAM access
+ * whatever the protection (alias mapping, /proc/self/mem) and saving protected RAM without
+ * faulting (vmwkvm_memfault_save(): pagemap tells never-populated pages). Under the tables,
+ * above the userfaultfd ioctls (uffd_io.c).
  */
 #include "memfault/protect.h"
 
@@ -11,27 +12,38 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <unistd.h>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 /* ------------------------------------------------------------------ guest RAM access */
 
-static int procmem_fd(struct vmwkvm_memfault *mf)
+/* A descriptor kept in *slot, opened on first use. */
+static int proc_fd(atomic_int *slot, const char *path, int flags)
 {
-	int fd = atomic_load(&mf->procmem);
+	int fd = atomic_load(slot);
 	if (fd >= 0)
 		return fd;
-	int n = open("/proc/self/mem", O_RDWR | O_CLOEXEC);
+	int n = open(path, flags | O_CLOEXEC);
 	if (n < 0)
 		return -errno;
 	int expect = -1;
-	if (!atomic_compare_exchange_strong(&mf->procmem, &expect, n)) {
+	if (!atomic_compare_exchange_strong(slot, &expect, n)) {
 		close(n);
 		return expect;
 	}
 	return n;
+}
+
+static int procmem_fd(struct vmwkvm_memfault *mf)
+{
+	return proc_fd(&mf->procmem, "/proc/self/mem", O_RDWR);
 }
 
 static int procmem_io(struct vmwkvm_memfault *mf, void *addr, void *buf, size_t len, bool write)
@@ -427,3 +439,123 @@ int vmwkvm_memfault_resolve(vmwkvm_memfault *mf, uint64_t gpa, uint64_t len, int
 	return e < 0 ? e : 0;
 }
 
+
+/* ------------------------------------------------------------------ saving */
+
+#define SAVE_CHUNK 64u                   /* 4 KiB pages looked up in pagemap at once */
+#define PM_PRESENT (1ull << 63)
+#define PM_SWAP (1ull << 62)
+#define PM_FRAME ((1ull << 55) - 1)
+/* The frame field of a swap-format pagemap entry is type | offset << 5. The marker that
+ * userfaultfd write protection leaves on a never-populated page is type 31 (SWP_PTE_MARKER,
+ * the last of the 32 types) with offset 1 (PTE_MARKER_UFFD_WP). The field is shown to
+ * CAP_SYS_ADMIN only (0 otherwise). */
+#define PM_UFFD_WP_MARKER 0x3full
+
+enum { PG_DATA, PG_EMPTY, PG_UNSURE };
+
+static int pm_class(uint64_t e)
+{
+	if (e & PM_PRESENT)
+		return PG_DATA;
+	if (!(e & PM_SWAP))
+		return PG_EMPTY;
+	if ((e & PM_FRAME) == PM_UFFD_WP_MARKER)
+		return PG_EMPTY;
+	return (e & PM_FRAME) ? PG_DATA : PG_UNSURE; /* swapped out, or a marker we cannot see */
+}
+
+/* What page i of a chunk holds; without pagemap, anonymous pages may be never-populated ones. */
+static int page_class(bool known, const uint64_t *e, uint64_t i, bool anon)
+{
+	if (known)
+		return pm_class(e[i]);
+	return anon ? PG_UNSURE : PG_DATA;
+}
+
+struct save_arg {
+	uint8_t *dst;
+	uint64_t base;
+	uint32_t flags;
+	uint64_t zero_pages;
+};
+
+/* Copy whole 4 KiB pages from guest RAM that is readable through the mapping. */
+static void save_copy(uint8_t *dst, const uint8_t *src, size_t len, bool stream)
+{
+#if defined(__x86_64__) && !defined(__SANITIZE_THREAD__)
+	if (stream && ((uintptr_t)dst & 15) == 0) {
+		__m128i *d = (__m128i *)(void *)dst;
+		const __m128i *s = (const __m128i *)(const void *)src;
+		for (size_t i = 0; i < len / 16; i += 4) {
+			__m128i a = _mm_load_si128(s + i), b = _mm_load_si128(s + i + 1);
+			__m128i c = _mm_load_si128(s + i + 2), e = _mm_load_si128(s + i + 3);
+			_mm_stream_si128(d + i, a);
+			_mm_stream_si128(d + i + 1, b);
+			_mm_stream_si128(d + i + 2, c);
+			_mm_stream_si128(d + i + 3, e);
+		}
+		_mm_sfence();
+		return;
+	}
+#endif
+	(void)stream;
+	vk_mf_guest_copy(dst, src, len);
+}
+
+/* Copy [pos, pos+len) of r (data pages) into dst. */
+static int save_data(struct vmwkvm_memfault *mf, struct mf_region *r, uint64_t pos, uint8_t *dst, size_t len,
+		     bool stream)
+{
+	if (r->alias || (pst_span(r, pos, len) & PST_ACC))
+		return vk_mf_ram_read(mf, r, pos, dst, len);
+	save_copy(dst, r->hva + (pos - r->gpa), len, stream);
+	return 0;
+}
+
+static int do_save(struct vmwkvm_memfault *mf, struct mf_region *r, uint64_t gpa, uint64_t len, void *arg)
+{
+	struct save_arg *a = arg;
+	bool stream = a->flags & VMWKVM_MF_SAVE_STREAM;
+	/* never-populated pages of anonymous memory read as zeroes: reading one would be a
+	 * MISSING fault (the missing guard), which the service thread would wait for itself */
+	bool anon = r->kind == VMWKVM_MF_MEM_ANON;
+	int pm = anon ? proc_fd(&mf->pagemap, "/proc/self/pagemap", O_RDONLY) : -1;
+	for (uint64_t pos = gpa; pos < gpa + len;) {
+		uint64_t n = (gpa + len - pos) / MF_MIN_PAGE < SAVE_CHUNK ? (gpa + len - pos) / MF_MIN_PAGE : SAVE_CHUNK;
+		uint64_t e[SAVE_CHUNK];
+		uint64_t hva = (uint64_t)(uintptr_t)(r->hva + (pos - r->gpa));
+		bool known = pm >= 0 && pread(pm, e, n * 8, (off_t)(hva / MF_MIN_PAGE * 8)) == (ssize_t)(n * 8);
+		for (uint64_t i = 0; i < n;) {
+			int c = page_class(known, e, i, anon);
+			if (c == PG_UNSURE && vk_mf_in_dispatch(mf))
+				return -EDEADLK;
+			uint64_t j = i + 1;
+			while (j < n && page_class(known, e, j, anon) == c)
+				j++;
+			uint8_t *to = a->dst + (pos + i * MF_MIN_PAGE - a->base);
+			if (c == PG_EMPTY) {
+				memset(to, 0, (j - i) * MF_MIN_PAGE);
+				a->zero_pages += j - i;
+			} else {
+				int err = save_data(mf, r, pos + i * MF_MIN_PAGE, to, (j - i) * MF_MIN_PAGE, stream);
+				if (err < 0)
+					return err;
+			}
+			i = j;
+		}
+		pos += n * MF_MIN_PAGE;
+	}
+	return (a->flags & VMWKVM_MF_SAVE_UNPROTECT) ? do_unprotect(mf, r, gpa, len, NULL) : 0;
+}
+
+int vmwkvm_memfault_save(vmwkvm_memfault *mf, uint64_t gpa, uint64_t len, void *dst, uint32_t flags)
+{
+	if (!dst || (flags & ~(uint32_t)(VMWKVM_MF_SAVE_UNPROTECT | VMWKVM_MF_SAVE_STREAM)))
+		return -EINVAL;
+	struct save_arg a = { .dst = dst, .base = gpa, .flags = flags };
+	int e = for_each_region(mf, gpa, len, do_save, &a);
+	if (e < 0)
+		return e;
+	return a.zero_pages > INT_MAX ? INT_MAX : (int)a.zero_pages;
+}
