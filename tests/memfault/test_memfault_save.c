@@ -240,18 +240,5 @@ static Suite *suite(void)
 
 int main(void)
 {
-	vmwkvm_memfault *probe = NULL;
-	struct vmwkvm_memfault_opts o = { .sz = sizeof(o), .flags = VMWKVM_MF_OPT_REQUIRE_UFFD };
-	int r = vmwkvm_memfault_new(NULL, &o, &probe);
-	if (r == -EPERM || r == -ENOSYS) {
-		fprintf(stderr, "SKIP: userfaultfd (kernel-fault capable) not available to this process: %s\n",
-			strerror(-r));
-		return 77;
-	}
-	vmwkvm_memfault_free(probe);
-	SRunner *sr = srunner_create(suite());
-	srunner_run_all(sr, CK_NORMAL);
-	int failed = srunner_ntests_failed(sr);
-	srunner_free(sr);
-	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+	return mf_run_uffd_suite(suite());
 }

@@ -227,4 +227,26 @@ static inline void mf_fake_memory_fault(struct kvm_run *run, uint64_t gpa, uint6
 	m->size = size;
 }
 
+/* ---- main ---- */
+
+/* Run a suite that needs userfaultfd able to trap KVM's (kernel-mode) faults; exit 77 with
+ * the reason when this process may not have one. The program's exit status. */
+static inline int mf_run_uffd_suite(Suite *suite)
+{
+	vmwkvm_memfault *probe = NULL;
+	struct vmwkvm_memfault_opts o = { .sz = sizeof(o), .flags = VMWKVM_MF_OPT_REQUIRE_UFFD };
+	int r = vmwkvm_memfault_new(NULL, &o, &probe);
+	if (r == -EPERM || r == -ENOSYS) {
+		fprintf(stderr, "SKIP: userfaultfd (kernel-fault capable) not available to this process: %s\n",
+			strerror(-r));
+		return 77;
+	}
+	vmwkvm_memfault_free(probe);
+	SRunner *sr = srunner_create(suite);
+	srunner_run_all(sr, CK_NORMAL);
+	int failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
+
 #endif
