@@ -250,21 +250,21 @@ int vmwkvm_rpc_tclo_cancel(vmwkvm_rpc *rpc, int channel, uint64_t seq)
 	if (c && c->proto == VMWKVM_RPC_PROTO_TCLO) {
 		if (c->out && c->out->seq == seq)
 			r = -EBUSY;
-		for (struct rpc_msg **p = &c->q_head; *p && r == -ENOENT; p = &(*p)->next) {
-			if ((*p)->seq != seq)
+		struct rpc_msg *prev = NULL;
+		for (struct rpc_msg *m = r == -ENOENT ? c->q_head : NULL; m; prev = m, m = m->next) {
+			if (m->seq != seq)
 				continue;
-			gone = *p;
-			*p = gone->next;
-			if (c->q_tail == gone)
-				c->q_tail = NULL;
+			gone = m;
+			if (prev)
+				prev->next = m->next;
+			else
+				c->q_head = m->next;
+			if (c->q_tail == m)
+				c->q_tail = prev;
 			c->q_len--;
 			r = 0;
 			break;
 		}
-		/* q_tail: the last node, found again when the removed one was the tail */
-		if (!r && !c->q_tail)
-			for (struct rpc_msg *m = c->q_head; m; m = m->next)
-				c->q_tail = m;
 	}
 	pthread_mutex_unlock(&rpc->lock);
 	vk_rpc_msg_free(rpc, gone);
